@@ -1,0 +1,48 @@
+using Microsoft.Extensions.Logging;
+
+namespace KestrelProactor.Internal;
+
+/// <summary>
+/// The transport's log messages. Event ids are stable: dashboards and alerts may key on them (README lists them).
+/// </summary>
+internal static partial class ProactorLog
+{
+    [LoggerMessage(1, LogLevel.Information, "Proactor transport started: backend {Backend}, {DispatcherCount} dispatchers, kernel {KernelVersion}, features: {Features}.", EventName = "BackendStarted")]
+    public static partial void BackendStarted(ILogger logger, string backend, int dispatcherCount, string kernelVersion, string features);
+
+    [LoggerMessage(2, LogLevel.Warning, "The proactor backend is unavailable ({Reason}); binding with Kestrel's socket transport instead.", EventName = "FallingBackToSockets")]
+    public static partial void FallingBackToSockets(ILogger logger, string reason, Exception? exception);
+
+    [LoggerMessage(3, LogLevel.Error, "A completion handler of dispatcher {DispatcherId} threw while handling {Operation} for connection {ConnectionId}; the connection is aborted and the dispatcher continues.", EventName = "CompletionHandlerFault")]
+    public static partial void CompletionHandlerFault(ILogger logger, int dispatcherId, string operation, string connectionId, Exception exception);
+
+    [LoggerMessage(4, LogLevel.Error, "A work item on dispatcher {DispatcherId} threw; the dispatcher continues.", EventName = "WorkItemFault")]
+    public static partial void WorkItemFault(ILogger logger, int dispatcherId, Exception exception);
+
+    [LoggerMessage(5, LogLevel.Critical, "Dispatcher {DispatcherId} stopped on an unrecoverable ring error.", EventName = "DispatcherFailed")]
+    public static partial void DispatcherFailed(ILogger logger, int dispatcherId, Exception exception);
+
+    [LoggerMessage(6, LogLevel.Debug, "Connection {ConnectionId} was reset by the peer.", EventName = "ConnectionReset")]
+    public static partial void ConnectionReset(ILogger logger, string connectionId);
+
+    [LoggerMessage(7, LogLevel.Debug, "Connection {ConnectionId} closed its write side after the application completed (FIN sent).", EventName = "ConnectionWriteFin")]
+    public static partial void ConnectionWriteFin(ILogger logger, string connectionId);
+
+    [LoggerMessage(8, LogLevel.Debug, "Connection {ConnectionId} aborted: {Reason}. Sending RST.", EventName = "ConnectionWriteRst")]
+    public static partial void ConnectionWriteRst(ILogger logger, string connectionId, string reason);
+
+    [LoggerMessage(9, LogLevel.Debug, "Connection {ConnectionId} failed: {Operation} completed with {Error}.", EventName = "ConnectionError")]
+    public static partial void ConnectionError(ILogger logger, string connectionId, string operation, string error);
+
+    [LoggerMessage(10, LogLevel.Warning, "Accept on {EndPoint} failed with {Error}; retrying in {DelayMs} ms.", EventName = "AcceptRetry")]
+    public static partial void AcceptRetry(ILogger logger, string endPoint, string error, int delayMs);
+
+    [LoggerMessage(11, LogLevel.Warning, "The completion queue of dispatcher {DispatcherId} overflowed ({Count} completions held by the kernel); they are being drained.", EventName = "CompletionQueueOverflow")]
+    public static partial void CompletionQueueOverflow(ILogger logger, int dispatcherId, uint count);
+
+    [LoggerMessage(12, LogLevel.Debug, "Ring feature {Feature} was refused by the kernel ({Error}) and is not used.", EventName = "RingFeatureRefused")]
+    public static partial void RingFeatureRefused(ILogger logger, string feature, string error);
+
+    [LoggerMessage(13, LogLevel.Debug, "A completion arrived for an operation that is no longer tracked (user data {UserData:x}); it is ignored.", EventName = "StaleCompletion")]
+    public static partial void StaleCompletion(ILogger logger, ulong userData);
+}

@@ -1,0 +1,173 @@
+using System.Net;
+using System.Net.Sockets;
+using KestrelProactor.Dispatching;
+using KestrelProactor.Internal;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Server.Kestrel.Transport.Sockets;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
+using System.Diagnostics.Metrics;
+
+namespace KestrelProactor;
+
+/// <summary>
+/// Binds Kestrel endpoints with the proactor transport. The dispatchers (one ring or completion port and one
+/// thread each) are started at the first bind and shared by every listener of this factory.
+/// </summary>
+public sealed class ProactorTransportFactory : IConnectionListenerFactory, IConnectionListenerFactorySelector, IAsyncDisposable
+{
+    private readonly ProactorTransportOptions _options;
+    private readonly ILoggerFactory _loggerFactory;
+    private readonly ILogger _logger;
+    private readonly IMemoryPoolFactory<byte>? _memoryPoolFactory;
+    private readonly ProactorMetrics _metrics;
+    private readonly Lock _gate = new();
+    private ProactorBackend? _backend;
+    private string? _unavailableReason;
+    private Exception? _unavailableException;
+    private SocketTransportFactory? _socketFactory;
+    private bool _disposed;
+
+    /// <summary>Creates the factory with the given options and logger factory.</summary>
+    public ProactorTransportFactory(IOptions<ProactorTransportOptions> options, ILoggerFactory loggerFactory)
+        : this(options, loggerFactory, memoryPoolFactory: null, meterFactory: null)
+    {
+    }
+
+    /// <summary>Creates the factory with Kestrel's memory pool factory and a meter factory for its metrics.</summary>
+    public ProactorTransportFactory(
+        IOptions<ProactorTransportOptions> options,
+        ILoggerFactory loggerFactory,
+        IMemoryPoolFactory<byte>? memoryPoolFactory,
+        IMeterFactory? meterFactory)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        _options = options.Value;
+        _loggerFactory = loggerFactory ?? NullLoggerFactory.Instance;
+        _logger = _loggerFactory.CreateLogger("KestrelProactor");
+        _memoryPoolFactory = memoryPoolFactory;
+        _metrics = new ProactorMetrics(meterFactory);
+    }
+
+    /// <summary>The backend in use after the first bind: <c>"io_uring"</c>, <c>"iocp"</c>, or <c>"sockets"</c> when it fell back.</summary>
+    public string? ActiveBackend { get; private set; }
+
+    /// <summary>Why the native backend is not in use, when the factory fell back (or refused) at bind time.</summary>
+    public string? FallbackReason => _unavailableReason;
+
+    internal ProactorBackend? Backend => _backend;
+
+    internal ProactorTransportOptions Options => _options;
+
+    /// <inheritdoc />
+    public bool CanBind(EndPoint endpoint) => endpoint switch
+    {
+        IPEndPoint => true,
+        UnixDomainSocketEndPoint => true,
+        FileHandleEndPoint => true,
+        _ => false,
+    };
+
+    /// <inheritdoc />
+    public async ValueTask<IConnectionListener> BindAsync(EndPoint endpoint, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(endpoint);
+        if (!CanBind(endpoint))
+        {
+            throw new NotSupportedException($"{endpoint.GetType().Name} is not supported by the proactor transport.");
+        }
+
+        ProactorOptionsValidator.Validate(_options);
+
+        ProactorBackend? backend = GetOrStartBackend();
+        if (backend is null)
+        {
+            return await GetSocketFactory().BindAsync(endpoint, cancellationToken).ConfigureAwait(false);
+        }
+
+        return ProactorConnectionListener.Bind(backend, endpoint, _options, _logger);
+    }
+
+    private ProactorBackend? GetOrStartBackend()
+    {
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_backend is not null)
+            {
+                return _backend;
+            }
+
+            if (_unavailableReason is null)
+            {
+                var context = new ProactorBackendContext(_options, _logger, _metrics, CreateMemoryPool);
+                if (ProactorBackend.TryStart(context, out _backend, out _unavailableReason, out _unavailableException))
+                {
+                    ActiveBackend = _backend!.Name;
+                    ProactorLog.BackendStarted(_logger, _backend.Name, _backend.Dispatchers.Length, _backend.KernelVersion, _backend.FeatureSummary);
+                    return _backend;
+                }
+
+                if (_options.AllowSocketTransportFallback)
+                {
+                    ProactorLog.FallingBackToSockets(_logger, _unavailableReason!, _unavailableException);
+                }
+            }
+
+            if (!_options.AllowSocketTransportFallback)
+            {
+                throw new ProactorUnavailableException(_unavailableReason!, _unavailableException);
+            }
+
+            ActiveBackend = "sockets";
+            return null;
+        }
+    }
+
+    private System.Buffers.MemoryPool<byte> CreateMemoryPool()
+        => _options.MemoryPoolFactory?.Invoke()
+           ?? _memoryPoolFactory?.Create(new MemoryPoolOptions { Owner = "KestrelProactor" })
+           ?? System.Buffers.MemoryPool<byte>.Shared;
+
+    private SocketTransportFactory GetSocketFactory()
+    {
+        lock (_gate)
+        {
+            return _socketFactory ??= new SocketTransportFactory(
+                Microsoft.Extensions.Options.Options.Create(new SocketTransportOptions
+                {
+                    Backlog = _options.Backlog,
+                    NoDelay = _options.NoDelay,
+                    MaxReadBufferSize = _options.MaxReadBufferSize,
+                    MaxWriteBufferSize = _options.MaxWriteBufferSize,
+                    UnsafePreferInlineScheduling = _options.UnsafePreferInlineScheduling,
+                    IOQueueCount = Math.Min(_options.DispatcherCount, 16),
+                }),
+                _loggerFactory);
+        }
+    }
+
+    /// <summary>Stops the dispatchers after every listener and connection of this factory is gone.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        ProactorBackend? backend;
+        lock (_gate)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+
+            _disposed = true;
+            backend = _backend;
+        }
+
+        if (backend is not null)
+        {
+            await backend.DisposeAsync().ConfigureAwait(false);
+        }
+
+        _metrics.Dispose();
+    }
+}

@@ -1,0 +1,87 @@
+using System.Buffers;
+
+namespace KestrelProactor;
+
+/// <summary>
+/// Options for the proactor transport. Names match Kestrel's socket transport where the meaning is the same.
+/// </summary>
+public sealed class ProactorTransportOptions
+{
+    /// <summary>
+    /// The number of dispatchers: each owns one io_uring ring (or completion port) and one named thread.
+    /// </summary>
+    /// <remarks>Defaults to <see cref="Environment.ProcessorCount"/>. Allowed: 1 to 256.</remarks>
+    public int DispatcherCount { get; set; } = Environment.ProcessorCount;
+
+    /// <summary>
+    /// Submission queue entries per ring; the completion queue is sized from it and from <see cref="CompletionQueueSize"/>.
+    /// </summary>
+    /// <remarks>Defaults to 256. Allowed: a power of two from 4 to 32768.</remarks>
+    public int SubmissionQueueSize { get; set; } = 256;
+
+    /// <summary>
+    /// Completion queue entries per ring. 0 lets the transport choose (16 x <see cref="SubmissionQueueSize"/>, at least 4096).
+    /// </summary>
+    /// <remarks>Defaults to 0. Allowed: 0, or a power of two not smaller than <see cref="SubmissionQueueSize"/> and at most 1048576.</remarks>
+    public int CompletionQueueSize { get; set; }
+
+    /// <summary>
+    /// The number of receive buffers in each dispatcher's provided buffer ring.
+    /// </summary>
+    /// <remarks>Defaults to 1024. Allowed: a power of two from 2 to 32768.</remarks>
+    public int ReceiveBufferCount { get; set; } = 1024;
+
+    /// <summary>
+    /// The size in bytes of each receive buffer.
+    /// </summary>
+    /// <remarks>Defaults to 16384. Allowed: 512 to 1048576.</remarks>
+    public int ReceiveBufferSize { get; set; } = 16 * 1024;
+
+    /// <summary>
+    /// The bytes buffered from the network, per connection, before the transport stops receiving (resumes at half).
+    /// </summary>
+    /// <remarks>Defaults to 1 MiB. <c>null</c> or 0 means unbounded.</remarks>
+    public long? MaxReadBufferSize { get; set; } = 1024 * 1024;
+
+    /// <summary>
+    /// The bytes the application may buffer for sending, per connection, before its flushes wait (resume at half).
+    /// </summary>
+    /// <remarks>Defaults to 64 KiB. <c>null</c> or 0 means unbounded.</remarks>
+    public long? MaxWriteBufferSize { get; set; } = 64 * 1024;
+
+    /// <summary>Whether TCP_NODELAY is set on accepted TCP connections.</summary>
+    /// <remarks>Defaults to <c>true</c>.</remarks>
+    public bool NoDelay { get; set; } = true;
+
+    /// <summary>The listen backlog.</summary>
+    /// <remarks>Defaults to 512. Allowed: 1 or more.</remarks>
+    public int Backlog { get; set; } = 512;
+
+    /// <summary>
+    /// When <c>true</c>, the application's pipe continuations run on the dispatcher thread instead of the thread pool.
+    /// Fastest, but a handler that blocks stalls every connection of that dispatcher.
+    /// </summary>
+    /// <remarks>Defaults to <c>false</c>.</remarks>
+    public bool UnsafePreferInlineScheduling { get; set; }
+
+    /// <summary>
+    /// When <c>true</c> (the default), a bind that cannot use the native proactor backend (io_uring disabled or
+    /// denied, missing opcodes, unsupported platform) binds with Kestrel's socket transport and logs one warning
+    /// naming the reason. When <c>false</c>, such a bind throws <see cref="ProactorUnavailableException"/>.
+    /// </summary>
+    /// <remarks>Defaults to <c>true</c>.</remarks>
+    public bool AllowSocketTransportFallback { get; set; } = true;
+
+    /// <summary>
+    /// Disables multishot accept and multishot receive even where the kernel has them (single-shot operations
+    /// are re-armed after each completion instead). For testing the older-kernel tier.
+    /// </summary>
+    /// <remarks>Defaults to <c>false</c>.</remarks>
+    public bool DisableMultishot { get; set; }
+
+    /// <summary>
+    /// The memory pool for connection pipes. Kestrel's pool (from <c>IMemoryPoolFactory&lt;byte&gt;</c>) is used when <c>null</c>.
+    /// </summary>
+    /// <remarks>Defaults to <c>null</c>.</remarks>
+    public Func<MemoryPool<byte>>? MemoryPoolFactory { get; set; }
+}
