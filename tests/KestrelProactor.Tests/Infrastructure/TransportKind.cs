@@ -1,0 +1,58 @@
+using KestrelProactor;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Server.Kestrel.Transport.Sockets;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
+
+namespace KestrelProactor.Tests.Infrastructure;
+
+/// <summary>
+/// Tests of the transport contract run against Kestrel's socket transport too: a test that fails there is a
+/// wrong test, not a transport bug.
+/// </summary>
+public enum TransportKind
+{
+    Sockets,
+    Proactor,
+    ProactorInline,
+    ProactorSingleShot,
+}
+
+internal static class TransportFactories
+{
+    public static IConnectionListenerFactory Create(TransportKind kind, Action<ProactorTransportOptions>? configure = null)
+    {
+        if (kind == TransportKind.Sockets)
+        {
+            var socketOptions = new SocketTransportOptions();
+            return new SocketTransportFactory(Options.Create(socketOptions), NullLoggerFactory.Instance);
+        }
+
+        return new ProactorTransportFactory(Options.Create(CreateOptions(kind, configure)), NullLoggerFactory.Instance);
+    }
+
+    /// <summary>Proactor options for a kind; fallback is off, so a test can only pass on the native backend.</summary>
+    public static ProactorTransportOptions CreateOptions(TransportKind kind, Action<ProactorTransportOptions>? configure = null)
+    {
+        var options = new ProactorTransportOptions
+        {
+            AllowSocketTransportFallback = false,
+            DispatcherCount = 2,
+            UnsafePreferInlineScheduling = kind == TransportKind.ProactorInline,
+            DisableMultishot = kind == TransportKind.ProactorSingleShot,
+        };
+        configure?.Invoke(options);
+        return options;
+    }
+
+    public static void Configure(TransportKind kind, ProactorTransportOptions options, Action<ProactorTransportOptions>? configure = null)
+    {
+        options.AllowSocketTransportFallback = false;
+        options.DispatcherCount = 2;
+        options.UnsafePreferInlineScheduling = kind == TransportKind.ProactorInline;
+        options.DisableMultishot = kind == TransportKind.ProactorSingleShot;
+        configure?.Invoke(options);
+    }
+
+    public static TheoryData<TransportKind> All => new(Enum.GetValues<TransportKind>());
+}

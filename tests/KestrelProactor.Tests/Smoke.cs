@@ -1,2 +1,0 @@
-namespace KestrelProactor.Tests;
-public class Smoke { [Fact] public void True() => Assert.True(true); }
