@@ -1,22 +1,57 @@
+using System.Runtime.InteropServices;
+
 namespace KestrelProactor.Dispatching;
 
 /// <summary>
-/// A started native backend: its dispatchers and what it learned about the kernel. Stub until the backends land.
+/// A started native backend: its dispatchers and what it learned about the kernel. One per factory; every
+/// listener of that factory shares its dispatchers.
 /// </summary>
 internal abstract class ProactorBackend : IAsyncDisposable
 {
+    private int _next = -1;
+
+    protected ProactorBackend(ProactorDispatcher[] dispatchers)
+    {
+        Dispatchers = dispatchers;
+    }
+
     public abstract string Name { get; }
-    public abstract ProactorDispatcher[] Dispatchers { get; }
+
+    public ProactorDispatcher[] Dispatchers { get; }
+
     public abstract string KernelVersion { get; }
+
     public abstract string FeatureSummary { get; }
 
+    /// <summary>The dispatchers in turn: accepted connections and listeners spread over every ring.</summary>
+    public ProactorDispatcher NextDispatcher()
+    {
+        uint index = (uint)Interlocked.Increment(ref _next);
+        return Dispatchers[index % (uint)Dispatchers.Length];
+    }
+
+    /// <summary>
+    /// Starts the backend this platform has. On failure <paramref name="reason"/> says why in a few words
+    /// ("io_uring_setup failed: EPERM (denied by seccomp or kernel.io_uring_disabled)").
+    /// </summary>
     public static bool TryStart(ProactorBackendContext context, out ProactorBackend? backend, out string? reason, out Exception? exception)
     {
         backend = null;
-        reason = "the io_uring backend is not built yet";
         exception = null;
+        if (OperatingSystem.IsLinux())
+        {
+            return IoUring.IoUringBackend.TryStart(context, out backend, out reason, out exception);
+        }
+
+        reason = $"no proactor backend exists for {RuntimeInformation.OSDescription} yet";
         return false;
     }
 
-    public abstract ValueTask DisposeAsync();
+    public async ValueTask DisposeAsync()
+    {
+        foreach (ProactorDispatcher dispatcher in Dispatchers)
+        {
+            await dispatcher.StopAsync().ConfigureAwait(false);
+        }
+    }
 }

@@ -1,8 +1,307 @@
+using System.Buffers;
+using System.Collections.Concurrent;
+using System.IO.Pipelines;
+using System.Net;
+using System.Runtime.InteropServices;
+using KestrelProactor.Internal;
+using Microsoft.Extensions.Logging;
+
 namespace KestrelProactor.Dispatching;
 
-internal abstract class ProactorDispatcher
+/// <summary>
+/// The proactor's dispatcher: one dedicated thread that owns one kernel queue (an io_uring ring or a completion
+/// port). Only this thread submits operations and runs their completion handlers, so the state it touches
+/// (the <see cref="OperationTable"/>, connection state machines, buffer rings) needs no locks.
+/// <para>
+/// Other threads reach it only through <see cref="Schedule"/>: the work item is queued and the dispatcher is
+/// woken only if it sleeps in the kernel, so a busy dispatcher costs its producers no system call. The
+/// dispatcher is also the <see cref="PipeScheduler"/> of the pipe ends the transport drives, so an application
+/// flush on a pool thread becomes a work item here, and the send it triggers is batched with everything else
+/// submitted in the same pass.
+/// </para>
+/// <para>
+/// A completion handler that throws is logged, its owner is told to end itself (a connection aborts), and the
+/// loop goes on: one bad connection never takes its dispatcher down.
+/// </para>
+/// </summary>
+internal abstract partial class ProactorDispatcher : PipeScheduler
 {
-    public long InFlightOperations { get; protected set; }
-    public long ReceiveBuffersLent { get; protected set; }
-    public long ConnectionCount { get; protected set; }
+    private readonly ConcurrentQueue<(Action<object?> Action, object? State)> _remoteWork = new();
+    private readonly Queue<(Action<object?> Action, object? State)> _localWork = new();
+    private readonly TaskCompletionSource _started = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly TaskCompletionSource _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private Thread? _thread;
+    private int _sleeping;
+    private volatile bool _stopRequested;
+
+    protected ProactorDispatcher(int id, ProactorBackendContext context)
+    {
+        Id = id;
+        Context = context;
+        Logger = context.Logger;
+        Options = context.Options;
+        MemoryPool = context.MemoryPoolFactory();
+        Table = new OperationTable();
+    }
+
+    public int Id { get; }
+
+    public abstract string BackendName { get; }
+
+    public ProactorBackendContext Context { get; }
+
+    public ProactorTransportOptions Options { get; }
+
+    public ILogger Logger { get; }
+
+    public MemoryPool<byte> MemoryPool { get; }
+
+    protected OperationTable Table { get; }
+
+    /// <summary>True on this dispatcher's own thread.</summary>
+    public bool IsOnDispatcherThread => Thread.CurrentThread == _thread;
+
+    /// <summary>Operations in flight (read racily by metrics and tests).</summary>
+    public long InFlightOperations => Table.InFlight;
+
+    /// <summary>Owners (connections and listeners) in the operation table (read racily).</summary>
+    public long ConnectionCount => Table.Count;
+
+    /// <summary>Receive buffers handed out and not yet back (read racily).</summary>
+    public virtual long ReceiveBuffersLent => 0;
+
+    /// <summary>Completion handlers that threw since start.</summary>
+    public long HandlerFaults { get; private set; }
+
+    /// <summary>
+    /// A test hook: runs at the start of every receive completion handler with the received bytes. A throw
+    /// from it takes the same path as a bug in a handler.
+    /// </summary>
+    internal static ReceiveHook? TestReceiveHook { get; set; }
+
+    internal delegate void ReceiveHook(ReadOnlySpan<byte> data);
+
+    /// <summary>Starts the thread and waits until the backend is set up on it (rings must be created by their only submitter).</summary>
+    public Task StartAsync()
+    {
+        _thread = new Thread(ThreadMain)
+        {
+            IsBackground = true,
+            Name = $"Proactor Dispatcher #{Id}",
+        };
+        _thread.Start();
+        return _started.Task;
+    }
+
+    /// <summary>Asks the loop to end once its owners are gone (or after a grace period), and waits for the thread.</summary>
+    public async Task StopAsync()
+    {
+        if (_thread is null)
+        {
+            return;
+        }
+
+        _stopRequested = true;
+        Wake();
+        await _stopped.Task.ConfigureAwait(false);
+    }
+
+    /// <inheritdoc />
+    public override void Schedule(Action<object?> action, object? state)
+    {
+        if (IsOnDispatcherThread)
+        {
+            // Runs before the dispatcher next sleeps: no wake-up needed.
+            _localWork.Enqueue((action, state));
+            return;
+        }
+
+        _remoteWork.Enqueue((action, state));
+        // Pairs with the store-then-check in TryPrepareToSleep: either the dispatcher sees this item before it
+        // sleeps, or it already published _sleeping = 1 and this thread wakes it.
+        if (Volatile.Read(ref _sleeping) == 1 && Interlocked.Exchange(ref _sleeping, 0) == 1)
+        {
+            Wake();
+        }
+    }
+
+    private void ThreadMain()
+    {
+        try
+        {
+            Initialize();
+        }
+        catch (Exception ex)
+        {
+            _started.TrySetException(ex);
+            _stopped.TrySetResult();
+            return;
+        }
+
+        _started.TrySetResult();
+        try
+        {
+            RunLoop();
+        }
+        catch (Exception ex)
+        {
+            ProactorLog.DispatcherFailed(Logger, Id, ex);
+        }
+        finally
+        {
+            try
+            {
+                Teardown();
+            }
+            finally
+            {
+                _stopped.TrySetResult();
+            }
+        }
+    }
+
+    private void RunLoop()
+    {
+        long stopDeadline = 0;
+        while (true)
+        {
+            RunWorkItems();
+            if (_stopRequested)
+            {
+                if (stopDeadline == 0)
+                {
+                    stopDeadline = Environment.TickCount64 + 5000;
+                    AbortAllOwners();
+                    continue;
+                }
+
+                if (Table.Count == 0 || Environment.TickCount64 > stopDeadline)
+                {
+                    return;
+                }
+            }
+
+            bool sleep = TryPrepareToSleep();
+            // While stopping, poll instead of sleeping so the deadline above is honoured.
+            PollCompletions(wait: sleep && !_stopRequested);
+            Volatile.Write(ref _sleeping, 0);
+            if (sleep && _stopRequested)
+            {
+                Thread.Sleep(1);
+            }
+        }
+    }
+
+    /// <summary>Runs queued work until none is left; items queued meanwhile by this thread run in the same pass.</summary>
+    protected void RunWorkItems()
+    {
+        while (true)
+        {
+            if (_localWork.TryDequeue(out var item) || _remoteWork.TryDequeue(out item))
+            {
+                try
+                {
+                    item.Action(item.State);
+                }
+                catch (Exception ex)
+                {
+                    ProactorLog.WorkItemFault(Logger, Id, ex);
+                }
+
+                continue;
+            }
+
+            return;
+        }
+    }
+
+    /// <summary>True when nothing is queued: the dispatcher may block in the kernel until a completion or a wake-up.</summary>
+    private bool TryPrepareToSleep()
+    {
+        if (_localWork.Count != 0 || !_remoteWork.IsEmpty)
+        {
+            return false;
+        }
+
+        Volatile.Write(ref _sleeping, 1);
+        Interlocked.MemoryBarrier();
+        if (!_remoteWork.IsEmpty)
+        {
+            // A producer may have missed the flag; either it resets it (and wakes us, harmlessly) or we do.
+            Interlocked.Exchange(ref _sleeping, 0);
+            return false;
+        }
+
+        return true;
+    }
+
+    private void AbortAllOwners()
+    {
+        var owners = new List<IOperationOwner>();
+        Table.CopyOwners(owners);
+        foreach (IOperationOwner owner in owners)
+        {
+            if (owner is ProactorConnection connection)
+            {
+                connection.Abort(new Microsoft.AspNetCore.Connections.ConnectionAbortedException("The transport is stopping."));
+            }
+        }
+    }
+
+    /// <summary>Runs a completion handler; a throw aborts the owner instead of the dispatcher.</summary>
+    protected void OnHandlerFault(IOperationOwner owner, OperationKind kind, Exception exception)
+    {
+        HandlerFaults++;
+        Context.Metrics.HandlerFaults.Add(1);
+        ProactorLog.CompletionHandlerFault(Logger, Id, kind.ToString(), owner.DisplayName, exception);
+        try
+        {
+            owner.OnHandlerFault(kind, exception);
+        }
+        catch (Exception second)
+        {
+            ProactorLog.WorkItemFault(Logger, Id, second);
+        }
+    }
+
+    // ---- What the backend provides ----
+
+    /// <summary>Creates the kernel queue; runs on the dispatcher thread.</summary>
+    protected abstract void Initialize();
+
+    /// <summary>Submits what is queued, optionally blocks until a completion or wake-up, then runs completion handlers.</summary>
+    protected abstract void PollCompletions(bool wait);
+
+    /// <summary>Interrupts a blocking <see cref="PollCompletions"/> from another thread.</summary>
+    protected abstract void Wake();
+
+    /// <summary>Releases the kernel queue; runs on the dispatcher thread after the loop ends.</summary>
+    protected abstract void Teardown();
+
+    public void Register(IOperationOwner owner) => Table.Register(owner);
+
+    public void Unregister(IOperationOwner owner) => Table.Unregister(owner);
+
+    public int InFlightOf(IOperationOwner owner) => Table.InFlightOf(owner);
+
+    public abstract void SubmitReceive(ProactorConnection connection);
+
+    public abstract void SubmitSend(ProactorConnection connection, in ReadOnlySequence<byte> buffer);
+
+    public abstract void SubmitShutdownWrite(ProactorConnection connection);
+
+    /// <summary>Cancels the owner's in-flight operation of <paramref name="kind"/>; its completion still arrives (ECANCELED or done).</summary>
+    public abstract void SubmitCancel(IOperationOwner owner, OperationKind kind);
+
+    public abstract void SubmitAccept(ProactorConnectionListener listener);
+
+    /// <summary>Sets up a freshly accepted socket for this dispatcher (TCP_NODELAY and what the backend needs).</summary>
+    public abstract void ConfigureAcceptedSocket(SafeHandle socket, bool noDelay);
+
+    public abstract void SubmitClose(ProactorConnection connection);
+
+    /// <summary>Makes the coming close send RST instead of FIN (SO_LINGER with a zero time-out).</summary>
+    public abstract void SetAbortiveClose(ProactorConnection connection);
+
+    public abstract EndPoint? GetEndPoint(ProactorConnection connection, bool local);
 }

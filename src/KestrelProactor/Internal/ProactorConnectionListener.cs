@@ -1,12 +1,278 @@
 using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using System.Threading.Channels;
 using KestrelProactor.Dispatching;
 using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Server.Kestrel.Transport.Sockets;
 using Microsoft.Extensions.Logging;
 
 namespace KestrelProactor.Internal;
 
-internal static class ProactorConnectionListener
+/// <summary>
+/// A bound endpoint. Accepts run on one dispatcher (multishot where the kernel has it); each accepted socket
+/// becomes a connection on the next dispatcher in turn, so connections spread over every ring while the
+/// endpoint keeps one listen socket (one backlog, no SO_REUSEPORT imbalance, and Unix sockets and inherited
+/// handles work the same way).
+/// </summary>
+internal sealed class ProactorConnectionListener : IConnectionListener, IOperationOwner
 {
+    private const int MaxAcceptRetryDelayMs = 1000;
+
+    private readonly ProactorBackend _backend;
+    private readonly ProactorDispatcher _acceptDispatcher;
+    private readonly Socket _listenSocket;
+    private readonly ProactorTransportOptions _options;
+    private readonly ILogger _logger;
+    private readonly Channel<ProactorConnection> _accepted = Channel.CreateUnbounded<ProactorConnection>(
+        new UnboundedChannelOptions { SingleReader = true, SingleWriter = true, AllowSynchronousContinuations = false });
+    private readonly TaskCompletionSource _acceptStopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly bool _isTcp;
+    private volatile bool _unbinding;
+    private bool _acceptActive;
+    private bool _acceptStopHandled;
+    private int _retryDelayMs;
+    private Timer? _retryTimer;
+
+    private ProactorConnectionListener(ProactorBackend backend, Socket listenSocket, ProactorTransportOptions options, ILogger logger)
+    {
+        _backend = backend;
+        _acceptDispatcher = backend.NextDispatcher();
+        _listenSocket = listenSocket;
+        _options = options;
+        _logger = logger;
+        EndPoint = listenSocket.LocalEndPoint!;
+        _isTcp = listenSocket.ProtocolType == ProtocolType.Tcp || EndPoint is IPEndPoint;
+    }
+
+    public EndPoint EndPoint { get; }
+
+    public OperationToken Token { get; set; }
+
+    public string DisplayName => EndPoint.ToString() ?? "listener";
+
+    /// <summary>The listen socket's descriptor, for the backend's accept operation.</summary>
+    public SafeHandle ListenHandle => _listenSocket.SafeHandle;
+
+    public bool UseMultishot => !_options.DisableMultishot;
+
     public static IConnectionListener Bind(ProactorBackend backend, EndPoint endpoint, ProactorTransportOptions options, ILogger logger)
-        => throw new NotImplementedException();
+    {
+        Socket socket;
+        try
+        {
+            socket = SocketTransportOptions.CreateDefaultBoundListenSocket(endpoint);
+        }
+        catch (SocketException ex) when (ex.SocketErrorCode == SocketError.AddressAlreadyInUse)
+        {
+            throw new AddressInUseException(ex.Message, ex);
+        }
+
+        try
+        {
+            socket.Listen(options.Backlog);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+
+        var listener = new ProactorConnectionListener(backend, socket, options, logger);
+        listener._acceptDispatcher.Schedule(static state => ((ProactorConnectionListener)state!).StartOnDispatcher(), listener);
+        return listener;
+    }
+
+    private void StartOnDispatcher()
+    {
+        _acceptDispatcher.Register(this);
+        ArmAccept();
+    }
+
+    private void ArmAccept()
+    {
+        if (_unbinding || _acceptActive)
+        {
+            return;
+        }
+
+        _acceptActive = true;
+        _acceptDispatcher.SubmitAccept(this);
+    }
+
+    /// <summary>An accept completed. <paramref name="more"/>: a multishot accept goes on without a new submission.</summary>
+    public void OnAcceptCompleted(IoResult result, SafeHandle? acceptedSocket, bool more)
+    {
+        if (!more)
+        {
+            _acceptActive = false;
+        }
+
+        if (result.IsSuccess && acceptedSocket is not null)
+        {
+            _retryDelayMs = 0;
+            if (_unbinding)
+            {
+                acceptedSocket.Dispose();
+            }
+            else
+            {
+                ProactorDispatcher target = _backend.NextDispatcher();
+                target.ConfigureAcceptedSocket(acceptedSocket, _isTcp && _options.NoDelay);
+                var connection = new ProactorConnection(target, acceptedSocket, _isTcp, _logger);
+                if (!_accepted.Writer.TryWrite(connection))
+                {
+                    acceptedSocket.Dispose();
+                }
+            }
+        }
+        else if (!result.IsSuccess)
+        {
+            switch (result.Error)
+            {
+                case SocketError.OperationAborted when _unbinding:
+                    break;
+                case SocketError.ConnectionAborted or SocketError.ConnectionReset:
+                    // The connection was reset while it waited in the backlog: not an error, accept the next.
+                    break;
+                case SocketError.TooManyOpenSockets or SocketError.NoBufferSpaceAvailable when !_unbinding:
+                    // Out of descriptors or memory: back off instead of spinning, and retry. Accepting resumes
+                    // by itself once connections close.
+                    _retryDelayMs = Math.Clamp(_retryDelayMs * 2, 10, MaxAcceptRetryDelayMs);
+                    ProactorLog.AcceptRetry(_logger, DisplayName, result.ToString(), _retryDelayMs);
+                    if (!more)
+                    {
+                        ScheduleRetry();
+                    }
+
+                    return;
+                default:
+                    if (!_unbinding)
+                    {
+                        ProactorLog.AcceptRetry(_logger, DisplayName, result.ToString(), 10);
+                        if (!more)
+                        {
+                            _retryDelayMs = 10;
+                            ScheduleRetry();
+                        }
+
+                        return;
+                    }
+
+                    break;
+            }
+        }
+
+        if (!more)
+        {
+            if (_unbinding)
+            {
+                StopAccepting();
+            }
+            else
+            {
+                ArmAccept();
+            }
+        }
+    }
+
+    private void ScheduleRetry()
+    {
+        _retryTimer?.Dispose();
+        _retryTimer = new Timer(static state =>
+        {
+            var listener = (ProactorConnectionListener)state!;
+            listener._acceptDispatcher.Schedule(static s =>
+            {
+                var l = (ProactorConnectionListener)s!;
+                if (l._unbinding)
+                {
+                    l.StopAccepting();
+                }
+                else
+                {
+                    l.ArmAccept();
+                }
+            }, listener);
+        }, this, _retryDelayMs, Timeout.Infinite);
+    }
+
+    public async ValueTask<ConnectionContext?> AcceptAsync(CancellationToken cancellationToken = default)
+    {
+        while (!_unbinding && await _accepted.Reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false))
+        {
+            if (_unbinding)
+            {
+                break;
+            }
+
+            if (_accepted.Reader.TryRead(out ProactorConnection? connection))
+            {
+                connection.Start();
+                return connection;
+            }
+        }
+
+        return null;
+    }
+
+    public async ValueTask UnbindAsync(CancellationToken cancellationToken = default)
+    {
+        _unbinding = true;
+        _acceptDispatcher.Schedule(static state =>
+        {
+            var listener = (ProactorConnectionListener)state!;
+            if (listener._acceptActive)
+            {
+                // The accept's final completion (ECANCELED) ends accepting; see OnAcceptCompleted.
+                listener._acceptDispatcher.SubmitCancel(listener, OperationKind.Accept);
+            }
+            else
+            {
+                listener.StopAccepting();
+            }
+        }, this);
+        await _acceptStopped.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Runs on the accept dispatcher once no accept is in flight.</summary>
+    private void StopAccepting()
+    {
+        if (_acceptStopHandled || _acceptActive)
+        {
+            return;
+        }
+
+        _acceptStopHandled = true;
+        _retryTimer?.Dispose();
+        _listenSocket.Dispose();
+        _acceptDispatcher.Unregister(this);
+        _accepted.Writer.TryComplete();
+        _acceptStopped.TrySetResult();
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await UnbindAsync().ConfigureAwait(false);
+        // Connections accepted but never handed to Kestrel: close them.
+        while (_accepted.Reader.TryRead(out ProactorConnection? connection))
+        {
+            connection.Abort(new ConnectionAbortedException("The listener was disposed before the connection was accepted."));
+            await connection.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    void IOperationOwner.OnHandlerFault(OperationKind kind, Exception exception)
+    {
+        _acceptActive = false;
+        if (!_unbinding)
+        {
+            _retryDelayMs = 10;
+            ScheduleRetry();
+        }
+        else
+        {
+            StopAccepting();
+        }
+    }
 }

@@ -1,0 +1,20 @@
+namespace KestrelProactor.Dispatching;
+
+/// <summary>
+/// Something that has operations in flight on a dispatcher: a listener (accepts) or a connection (receive,
+/// send, shutdown, close). The dispatcher routes each completion to its owner through the operation table.
+/// </summary>
+internal interface IOperationOwner
+{
+    /// <summary>Set by <see cref="OperationTable.Register"/>; identifies the owner in user data.</summary>
+    OperationToken Token { get; set; }
+
+    /// <summary>A name for logs (the connection id or the endpoint).</summary>
+    string DisplayName { get; }
+
+    /// <summary>
+    /// Called on the dispatcher thread when a completion handler of this owner threw. The owner must end itself
+    /// (a connection aborts); the dispatcher has logged the exception and goes on.
+    /// </summary>
+    void OnHandlerFault(OperationKind kind, Exception exception);
+}

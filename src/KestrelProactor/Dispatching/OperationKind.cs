@@ -1,0 +1,14 @@
+namespace KestrelProactor.Dispatching;
+
+/// <summary>The asynchronous operations a dispatcher hands to the kernel. Encoded in each operation's user data.</summary>
+internal enum OperationKind : byte
+{
+    Nop = 0,
+    Wake = 1,
+    Accept = 2,
+    Receive = 3,
+    Send = 4,
+    Shutdown = 5,
+    Close = 6,
+    Cancel = 7,
+}

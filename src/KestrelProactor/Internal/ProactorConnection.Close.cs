@@ -1,0 +1,132 @@
+using KestrelProactor.Dispatching;
+using Microsoft.AspNetCore.Connections;
+
+namespace KestrelProactor.Internal;
+
+internal sealed partial class ProactorConnection
+{
+    private int _abortRequested;
+    private ConnectionAbortedException? _abortReason;
+    private bool _shutdownActive;
+    private bool _closeStarted;
+    private bool _closeSubmitted;
+    private bool _closeCompleted;
+    private bool _finished;
+
+    /// <summary>Closes with RST from any thread; pending receives and sends are cancelled.</summary>
+    public override void Abort(ConnectionAbortedException abortReason)
+    {
+        if (Interlocked.CompareExchange(ref _abortReason, abortReason, null) is not null)
+        {
+            return;
+        }
+
+        Volatile.Write(ref _abortRequested, 1);
+        ProactorLog.ConnectionWriteRst(_logger, ConnectionId, abortReason.Message);
+        if (Volatile.Read(ref _started) != 0)
+        {
+            Dispatcher.Schedule(static state => ((ProactorConnection)state!).AbortOnDispatcher(), this);
+        }
+    }
+
+    private void AbortOnDispatcher()
+    {
+        if (_closeCompleted)
+        {
+            return;
+        }
+
+        EndInput(_abortReason);
+        BeginClose(abortive: true);
+    }
+
+    /// <summary>
+    /// Starts closing: cancels what is in flight and, once the last of it has completed, closes the descriptor.
+    /// Abortive closes set a zero linger time first, so the peer sees RST.
+    /// </summary>
+    private void BeginClose(bool abortive)
+    {
+        if (!_closeStarted)
+        {
+            _closeStarted = true;
+            if (abortive)
+            {
+                Dispatcher.SetAbortiveClose(this);
+            }
+
+            if (_receiveActive)
+            {
+                Dispatcher.SubmitCancel(this, OperationKind.Receive);
+            }
+
+            if (_sendActive)
+            {
+                Dispatcher.SubmitCancel(this, OperationKind.Send);
+            }
+
+            EndInput(_abortReason ?? new ConnectionAbortedException("The connection is closing."));
+            if (_outputReadPending)
+            {
+                // The read's continuation sees IsCanceled and ends the output.
+                Output.CancelPendingRead();
+            }
+            else if (!_sendActive)
+            {
+                EndOutput(_abortReason);
+            }
+        }
+
+        AdvanceClose();
+    }
+
+    /// <summary>Called after every completion of this connection while it closes.</summary>
+    public void AdvanceClose()
+    {
+        if (!_closeStarted || _finished)
+        {
+            return;
+        }
+
+        if (!_closeSubmitted)
+        {
+            if (_receiveActive || _sendActive || _shutdownActive || !_outputEnded || _outputReadPending)
+            {
+                return;
+            }
+
+            _closeSubmitted = true;
+            Dispatcher.SubmitClose(this);
+            return;
+        }
+
+        if (_closeCompleted && Dispatcher.InFlightOf(this) == 0)
+        {
+            Finish();
+        }
+    }
+
+    public void OnCloseCompleted(IoResult result)
+    {
+        _closeCompleted = true;
+        AdvanceClose();
+    }
+
+    private void Finish()
+    {
+        _finished = true;
+        CompleteInputWriter();
+        Dispatcher.Unregister(this);
+        // ConnectionClosed callbacks are application code: keep them off the dispatcher thread.
+        ThreadPool.UnsafeQueueUserWorkItem(static connection =>
+        {
+            try
+            {
+                connection._connectionClosedSource.Cancel();
+            }
+            finally
+            {
+                connection._closedTcs.TrySetResult();
+            }
+        }, this, preferLocal: false);
+    }
+}

@@ -1,0 +1,195 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Net.Sockets;
+using System.Runtime.CompilerServices;
+using KestrelProactor.Dispatching;
+using Microsoft.AspNetCore.Connections;
+
+namespace KestrelProactor.Internal;
+
+internal sealed partial class ProactorConnection
+{
+    private bool _receiveActive;
+    private bool _inputEnded;
+    private bool _inputWriterCompleted;
+    private bool _inputCompletionPending;
+    private Exception? _inputError;
+    private Action? _onInputFlushed;
+    private ValueTaskAwaiter<FlushResult> _inputFlushAwaiter;
+
+    /// <summary>Pipe memory a direct receive (no buffer ring) reads into; pinned while that receive is in flight.</summary>
+    private MemoryHandle _receivePin;
+    private bool _receiveIntoPipe;
+
+    public bool ReceiveActive => _receiveActive;
+
+    /// <summary>Submits the next receive unless one is in flight, the input has ended, or the connection is closing.</summary>
+    private void ArmReceive()
+    {
+        if (_receiveActive || _inputEnded || _closeStarted)
+        {
+            return;
+        }
+
+        _receiveActive = true;
+        Dispatcher.SubmitReceive(this);
+    }
+
+    /// <summary>
+    /// For a receive straight into the pipe: memory to read into, pinned until <see cref="OnReceiveCompleted"/>.
+    /// </summary>
+    public Memory<byte> RentReceiveMemory(int sizeHint)
+    {
+        Memory<byte> memory = Input.GetMemory(sizeHint);
+        _receivePin = memory.Pin();
+        _receiveIntoPipe = true;
+        return memory;
+    }
+
+    /// <summary>
+    /// A receive completed. With a provided buffer, <paramref name="data"/> holds the bytes: they are copied
+    /// into the pipe (the backend returns the buffer right after). After a receive into rented pipe memory the
+    /// bytes are already in place and <paramref name="data"/> views them.
+    /// </summary>
+    public void OnReceiveCompleted(IoResult result, ReadOnlySpan<byte> data)
+    {
+        _receiveActive = false;
+        bool intoPipe = _receiveIntoPipe;
+        if (intoPipe)
+        {
+            _receiveIntoPipe = false;
+            _receivePin.Dispose();
+            _receivePin = default;
+        }
+
+        try
+        {
+            if (result.IsSuccess && result.Value > 0)
+            {
+                ProactorDispatcher.TestReceiveHook?.Invoke(data);
+                if (_inputEnded)
+                {
+                    // The application stopped reading, or the connection is closing: nobody will read these bytes.
+                    if (intoPipe)
+                    {
+                        Input.Advance(0);
+                    }
+
+                    return;
+                }
+
+                if (intoPipe)
+                {
+                    Input.Advance(result.Value);
+                }
+                else
+                {
+                    Input.Write(data);
+                }
+
+                FlushInput();
+                return;
+            }
+
+            if (intoPipe)
+            {
+                Input.Advance(0);
+            }
+
+            if (result.IsSuccess)
+            {
+                // 0 bytes: the peer sent FIN. The output side stays open (half-close).
+                EndInput(null);
+                return;
+            }
+
+            switch (result.Error)
+            {
+                case SocketError.OperationAborted:
+                    // Cancelled by the close path, which completes the input with the right reason.
+                    return;
+                case SocketError.ConnectionReset:
+                    ProactorLog.ConnectionReset(_logger, ConnectionId);
+                    EndInput(new ConnectionResetException(result.ToString(), result.ToException()));
+                    BeginClose(abortive: true);
+                    return;
+                default:
+                    ProactorLog.ConnectionError(_logger, ConnectionId, "receive", result.ToString());
+                    EndInput(new ConnectionResetException(result.ToString(), result.ToException()));
+                    BeginClose(abortive: true);
+                    return;
+            }
+        }
+        finally
+        {
+            if (_inputCompletionPending)
+            {
+                _inputCompletionPending = false;
+                CompleteInputWriter();
+            }
+        }
+    }
+
+    private void FlushInput()
+    {
+        ValueTask<FlushResult> flush = Input.FlushAsync();
+        if (flush.IsCompleted)
+        {
+            OnInputFlushed(flush.GetAwaiter().GetResult());
+            return;
+        }
+
+        // Back-pressure: the pipe holds MaxReadBufferSize bytes. Receive again only once the application has
+        // consumed half; the continuation runs on this dispatcher (the input writer's scheduler).
+        _inputFlushAwaiter = flush.GetAwaiter();
+        _inputFlushAwaiter.UnsafeOnCompleted(_onInputFlushed ??= OnInputFlushedContinuation);
+    }
+
+    private void OnInputFlushedContinuation()
+    {
+        FlushResult result = _inputFlushAwaiter.GetResult();
+        _inputFlushAwaiter = default;
+        OnInputFlushed(result);
+    }
+
+    private void OnInputFlushed(FlushResult result)
+    {
+        if (result.IsCompleted)
+        {
+            // The application completed its input: no reader for more bytes.
+            EndInput(null);
+            return;
+        }
+
+        ArmReceive();
+    }
+
+    /// <summary>No more receives; the input pipe completes with <paramref name="error"/> (null: clean end).</summary>
+    private void EndInput(Exception? error)
+    {
+        if (_inputEnded)
+        {
+            return;
+        }
+
+        _inputEnded = true;
+        _inputError = error;
+        if (_receiveActive && _receiveIntoPipe)
+        {
+            // A receive in flight still owns pipe memory: complete the writer when it comes back.
+            _inputCompletionPending = true;
+            return;
+        }
+
+        CompleteInputWriter();
+    }
+
+    private void CompleteInputWriter()
+    {
+        if (!_inputWriterCompleted)
+        {
+            _inputWriterCompleted = true;
+            Input.Complete(_inputError);
+        }
+    }
+}

@@ -1,0 +1,168 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Net.Sockets;
+using System.Runtime.CompilerServices;
+using KestrelProactor.Dispatching;
+using Microsoft.AspNetCore.Connections;
+
+namespace KestrelProactor.Internal;
+
+internal sealed partial class ProactorConnection
+{
+    private bool _sendActive;
+    private bool _outputReadPending;
+    private bool _outputEnded;
+    private ReadOnlySequence<byte> _sendBuffer;
+    private ReadOnlySequence<byte> _unsent;
+    private bool _sendIsLast;
+    private Action? _onOutputReadable;
+    private ValueTaskAwaiter<ReadResult> _outputReadAwaiter;
+    private Exception? _outputError;
+
+    public bool SendActive => _sendActive;
+
+    /// <summary>Reads what the application flushed; completes inline when data is already there.</summary>
+    private void ReadOutput()
+    {
+        while (!_outputEnded && !_sendActive && !_outputReadPending)
+        {
+            ValueTask<ReadResult> read = Output.ReadAsync();
+            if (!read.IsCompleted)
+            {
+                _outputReadPending = true;
+                _outputReadAwaiter = read.GetAwaiter();
+                // The output reader's scheduler is this dispatcher: the continuation runs here.
+                _outputReadAwaiter.UnsafeOnCompleted(_onOutputReadable ??= OnOutputReadableContinuation);
+                return;
+            }
+
+            if (!HandleOutput(read.GetAwaiter().GetResult()))
+            {
+                return;
+            }
+        }
+    }
+
+    private void OnOutputReadableContinuation()
+    {
+        _outputReadPending = false;
+        ReadResult result = _outputReadAwaiter.GetResult();
+        _outputReadAwaiter = default;
+        if (HandleOutput(result))
+        {
+            ReadOutput();
+        }
+    }
+
+    /// <summary>Starts a send for what was read; returns true when the loop should read again at once.</summary>
+    private bool HandleOutput(ReadResult result)
+    {
+        ReadOnlySequence<byte> buffer = result.Buffer;
+        if (result.IsCanceled || _closeStarted)
+        {
+            // Abort cancels the pending read: nothing more is sent.
+            Output.AdvanceTo(buffer.Start);
+            EndOutput(_abortReason);
+            return false;
+        }
+
+        if (!buffer.IsEmpty)
+        {
+            // One gathered send for everything flushed so far; a short send resubmits the rest.
+            _sendBuffer = buffer;
+            _unsent = buffer;
+            _sendIsLast = result.IsCompleted;
+            _sendActive = true;
+            Dispatcher.SubmitSend(this, buffer);
+            return false;
+        }
+
+        Output.AdvanceTo(buffer.End);
+        if (result.IsCompleted)
+        {
+            // The application completed its output and everything is sent: FIN, then close.
+            EndOutput(null);
+            return false;
+        }
+
+        return true;
+    }
+
+    public void OnSendCompleted(IoResult result)
+    {
+        _sendActive = false;
+        if (!result.IsSuccess)
+        {
+            Output.AdvanceTo(_sendBuffer.Start);
+            _sendBuffer = default;
+            _unsent = default;
+            if (result.Error != SocketError.OperationAborted)
+            {
+                ProactorLog.ConnectionError(_logger, ConnectionId, "send", result.ToString());
+            }
+
+            EndOutput((Exception?)_abortReason ?? new ConnectionResetException(result.ToString(), result.ToException()));
+            BeginClose(abortive: true);
+            return;
+        }
+
+        if (result.Value < _unsent.Length && !_closeStarted)
+        {
+            // Partial completion: the kernel took part of the data. Send the rest before reading more.
+            _unsent = _unsent.Slice(result.Value);
+            _sendActive = true;
+            Dispatcher.SubmitSend(this, _unsent);
+            return;
+        }
+
+        bool last = _sendIsLast;
+        Output.AdvanceTo(_sendBuffer.End);
+        _sendBuffer = default;
+        _unsent = default;
+        if (_closeStarted)
+        {
+            EndOutput(_abortReason);
+            return;
+        }
+
+        if (last)
+        {
+            EndOutput(null);
+            return;
+        }
+
+        ReadOutput();
+    }
+
+    /// <summary>
+    /// The send side is done. Graceful (no error, not aborting): shut down the write side (FIN) and close.
+    /// Otherwise just close. The output reader is completed here, when no send holds its memory any more.
+    /// </summary>
+    private void EndOutput(Exception? error)
+    {
+        if (_outputEnded)
+        {
+            return;
+        }
+
+        _outputEnded = true;
+        _outputError = error;
+        Output.Complete(error);
+        if (error is null && !_closeStarted)
+        {
+            ProactorLog.ConnectionWriteFin(_logger, ConnectionId);
+            _shutdownActive = true;
+            Dispatcher.SubmitShutdownWrite(this);
+            return;
+        }
+
+        BeginClose(abortive: _abortReason is not null);
+    }
+
+    public void OnShutdownCompleted(IoResult result)
+    {
+        _shutdownActive = false;
+        // ENOTCONN here means the peer already reset: either way the connection closes now.
+        BeginClose(abortive: false);
+    }
+}

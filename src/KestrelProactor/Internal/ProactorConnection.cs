@@ -1,0 +1,221 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Net;
+using System.Runtime.InteropServices;
+using KestrelProactor.Dispatching;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Connections.Features;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.Extensions.Logging;
+
+namespace KestrelProactor.Internal;
+
+/// <summary>
+/// One accepted connection, the same for every backend. Its state machine runs on its dispatcher's thread:
+/// receive completions feed the input pipe, the output pipe is drained by sends, and the descriptor is closed
+/// by the dispatcher only after every operation of the connection has completed.
+/// <para>
+/// Life: Start → (receive loop ‖ send loop) → the send side ends (application completed its output: FIN; or
+/// abort: RST; or a send error) → pending operations are cancelled → close → ConnectionClosed fires and
+/// DisposeAsync returns.
+/// </para>
+/// </summary>
+internal sealed partial class ProactorConnection : ConnectionContext,
+    IOperationOwner,
+    IConnectionIdFeature,
+    IConnectionTransportFeature,
+    IConnectionItemsFeature,
+    IConnectionLifetimeFeature,
+    IConnectionEndPointFeature,
+    IMemoryPoolFeature,
+    IProactorConnectionFeature
+{
+    private static long s_lastId;
+
+    private readonly IDuplexPipe _transportSide;
+    private readonly ILogger _logger;
+    private readonly CancellationTokenSource _connectionClosedSource = new();
+    private readonly TaskCompletionSource _closedTcs = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private IDictionary<object, object?>? _items;
+    private string? _connectionId;
+    private EndPoint? _localEndPoint;
+    private EndPoint? _remoteEndPoint;
+    private bool _localResolved;
+    private bool _remoteResolved;
+    private int _started;
+
+    public ProactorConnection(ProactorDispatcher dispatcher, SafeHandle socket, bool isTcp, ILogger logger)
+    {
+        Dispatcher = dispatcher;
+        Socket = socket;
+        IsTcp = isTcp;
+        _logger = logger;
+
+        ProactorTransportOptions options = dispatcher.Options;
+        long maxRead = options.MaxReadBufferSize ?? 0;
+        long maxWrite = options.MaxWriteBufferSize ?? 0;
+        PipeScheduler applicationScheduler = options.UnsafePreferInlineScheduling ? PipeScheduler.Inline : PipeScheduler.ThreadPool;
+        MemoryPool<byte> pool = dispatcher.MemoryPool;
+
+        // Input: the dispatcher writes, the application reads. The writer resumes (after back-pressure) on
+        // the dispatcher; the application's reads resume on the pool, or inline on the dispatcher if asked.
+        var input = new Pipe(new PipeOptions(pool, applicationScheduler, dispatcher, maxRead, maxRead / 2, useSynchronizationContext: false));
+        // Output: the application writes, the dispatcher reads and sends. A flush on any thread becomes a
+        // work item on the dispatcher, so the send it causes is batched with the rest of that pass.
+        var output = new Pipe(new PipeOptions(pool, dispatcher, applicationScheduler, maxWrite, maxWrite / 2, useSynchronizationContext: false));
+
+        Input = input.Writer;
+        Output = output.Reader;
+        _transportSide = new DuplexPipe(input.Reader, output.Writer);
+
+        Features = new FeatureCollection();
+        Features.Set<IConnectionIdFeature>(this);
+        Features.Set<IConnectionTransportFeature>(this);
+        Features.Set<IConnectionItemsFeature>(this);
+        Features.Set<IConnectionLifetimeFeature>(this);
+        Features.Set<IConnectionEndPointFeature>(this);
+        Features.Set<IMemoryPoolFeature>(this);
+        Features.Set<IProactorConnectionFeature>(this);
+    }
+
+    public ProactorDispatcher Dispatcher { get; }
+
+    /// <summary>The descriptor. Closed only by the dispatcher's close operation (or the handle's release on failure).</summary>
+    public SafeHandle Socket { get; }
+
+    public bool IsTcp { get; }
+
+    /// <summary>The backend's state for the send in flight (pinned buffers, native iovecs); null otherwise.</summary>
+    public object? SendState { get; set; }
+
+    /// <summary>The transport's end of the input pipe (the dispatcher writes received bytes here).</summary>
+    public PipeWriter Input { get; }
+
+    /// <summary>The transport's end of the output pipe (the dispatcher sends what it reads here).</summary>
+    public PipeReader Output { get; }
+
+    public OperationToken Token { get; set; }
+
+    public string DisplayName => ConnectionId;
+
+    public override string ConnectionId
+    {
+        get => _connectionId ??= "P" + Interlocked.Increment(ref s_lastId).ToString("X8");
+        set => _connectionId = value;
+    }
+
+    public override IFeatureCollection Features { get; }
+
+    public override IDictionary<object, object?> Items
+    {
+        get => _items ??= new ConnectionItems();
+        set => _items = value;
+    }
+
+    public override IDuplexPipe Transport
+    {
+        get => _transportSide;
+        set => throw new NotSupportedException("The proactor transport's pipes cannot be replaced.");
+    }
+
+    public override CancellationToken ConnectionClosed
+    {
+        get => _connectionClosedSource.Token;
+        set => throw new NotSupportedException();
+    }
+
+    public override EndPoint? LocalEndPoint
+    {
+        get
+        {
+            if (!_localResolved)
+            {
+                _localEndPoint = Dispatcher.GetEndPoint(this, local: true);
+                _localResolved = true;
+            }
+
+            return _localEndPoint;
+        }
+        set
+        {
+            _localEndPoint = value;
+            _localResolved = true;
+        }
+    }
+
+    public override EndPoint? RemoteEndPoint
+    {
+        get
+        {
+            if (!_remoteResolved)
+            {
+                _remoteEndPoint = Dispatcher.GetEndPoint(this, local: false);
+                _remoteResolved = true;
+            }
+
+            return _remoteEndPoint;
+        }
+        set
+        {
+            _remoteEndPoint = value;
+            _remoteResolved = true;
+        }
+    }
+
+    MemoryPool<byte> IMemoryPoolFeature.MemoryPool => Dispatcher.MemoryPool;
+
+    string IProactorConnectionFeature.Backend => Dispatcher.BackendName;
+
+    int IProactorConnectionFeature.DispatcherId => Dispatcher.Id;
+
+    SafeHandle IProactorConnectionFeature.SocketHandle => Socket;
+
+    /// <summary>Completes when the descriptor is closed and no operation can touch the connection's memory.</summary>
+    public Task Closed => _closedTcs.Task;
+
+    /// <summary>Hands the connection to its dispatcher: from now on it receives and sends.</summary>
+    public void Start()
+    {
+        if (Interlocked.Exchange(ref _started, 1) == 0)
+        {
+            Dispatcher.Schedule(static state => ((ProactorConnection)state!).StartOnDispatcher(), this);
+        }
+    }
+
+    private void StartOnDispatcher()
+    {
+        Dispatcher.Register(this);
+        if (Volatile.Read(ref _abortRequested) != 0)
+        {
+            AbortOnDispatcher();
+            return;
+        }
+
+        ArmReceive();
+        ReadOutput();
+    }
+
+    public override async ValueTask DisposeAsync()
+    {
+        _transportSide.Input.Complete();
+        _transportSide.Output.Complete();
+        if (Volatile.Read(ref _started) == 0)
+        {
+            // Never handed out by AcceptAsync (the listener is shutting down): close it from here.
+            Start();
+        }
+
+        await _closedTcs.Task.ConfigureAwait(false);
+        _connectionClosedSource.Dispose();
+    }
+
+    void IOperationOwner.OnHandlerFault(OperationKind kind, Exception exception)
+        => Abort(new ConnectionAbortedException($"A completion handler failed while handling {kind}.", exception));
+
+    private sealed class DuplexPipe(PipeReader input, PipeWriter output) : IDuplexPipe
+    {
+        public PipeReader Input { get; } = input;
+
+        public PipeWriter Output { get; } = output;
+    }
+}

@@ -1,0 +1,137 @@
+using static KestrelProactor.Interop.Linux.Interop.IoUring;
+
+namespace KestrelProactor.IoUring;
+
+/// <summary>
+/// A provided buffer ring (IORING_REGISTER_PBUF_RING, 5.19+): receive buffers the kernel picks from only when
+/// data arrives, so an idle connection holds none. One per dispatcher, touched only by its thread.
+/// <para>
+/// Protocol: the kernel consumes entries from the head (private to it); we add entries at the tail and publish
+/// the tail (a u16 in entry 0's reserved field) with a release store, which pairs with the kernel's acquire
+/// load when it picks a buffer.
+/// </para>
+/// </summary>
+internal sealed unsafe class IoUringBufferRing : IDisposable
+{
+    private readonly IoUringRing _ring;
+    private readonly SafeMappedRegionHandle _entries;
+    private readonly SafeMappedRegionHandle _buffers;
+    private readonly io_uring_buf* _bufs;
+    private readonly ushort _mask;
+    private ushort _tail;
+    private bool _tailDirty;
+
+    private IoUringBufferRing(IoUringRing ring, ushort groupId, int count, int bufferSize, SafeMappedRegionHandle entries, SafeMappedRegionHandle buffers)
+    {
+        _ring = ring;
+        GroupId = groupId;
+        Count = count;
+        BufferSize = bufferSize;
+        _entries = entries;
+        _buffers = buffers;
+        _bufs = (io_uring_buf*)entries.Pointer;
+        _mask = (ushort)(count - 1);
+    }
+
+    public ushort GroupId { get; }
+
+    public int Count { get; }
+
+    public int BufferSize { get; }
+
+    /// <summary>Buffers the kernel has filled and we have not given back yet.</summary>
+    public int Lent { get; private set; }
+
+    /// <summary>Registers a ring of <paramref name="count"/> (a power of two) buffers, or returns null with the errno.</summary>
+    public static IoUringBufferRing? TryCreate(IoUringRing ring, ushort groupId, int count, int bufferSize, out int errno)
+    {
+        nuint entriesSize = (nuint)(count * sizeof(io_uring_buf));
+        SafeMappedRegionHandle entries = SafeMappedRegionHandle.MapAnonymous(RoundToPage(entriesSize));
+        SafeMappedRegionHandle buffers;
+        try
+        {
+            buffers = SafeMappedRegionHandle.MapAnonymous(RoundToPage((nuint)count * (nuint)bufferSize));
+        }
+        catch
+        {
+            entries.Dispose();
+            throw;
+        }
+
+        io_uring_buf_reg reg = default;
+        reg.ring_addr = (ulong)entries.Pointer;
+        reg.ring_entries = (uint)count;
+        reg.bgid = groupId;
+        int result = ring.RegisterRaw(IORING_REGISTER_PBUF_RING, &reg, 1);
+        if (result < 0)
+        {
+            errno = -result;
+            buffers.Dispose();
+            entries.Dispose();
+            return null;
+        }
+
+        errno = 0;
+        var bufferRing = new IoUringBufferRing(ring, groupId, count, bufferSize, entries, buffers);
+        for (int i = 0; i < count; i++)
+        {
+            bufferRing.Add((ushort)i);
+        }
+
+        bufferRing.Lent = 0;
+        bufferRing.Publish();
+        return bufferRing;
+    }
+
+    private static nuint RoundToPage(nuint size) => (size + 4095) & ~(nuint)4095;
+
+    /// <summary>The bytes of buffer <paramref name="bufferId"/> that a receive filled.</summary>
+    public ReadOnlySpan<byte> GetData(ushort bufferId, int length)
+    {
+        Lent++;
+        return new ReadOnlySpan<byte>(_buffers.Pointer + (nint)bufferId * BufferSize, length);
+    }
+
+    /// <summary>Gives a buffer back; visible to the kernel after <see cref="Publish"/>.</summary>
+    public void Return(ushort bufferId)
+    {
+        Add(bufferId);
+        Lent--;
+    }
+
+    private void Add(ushort bufferId)
+    {
+        io_uring_buf* entry = &_bufs[_tail & _mask];
+        entry->addr = (ulong)(_buffers.Pointer + (nint)bufferId * BufferSize);
+        entry->len = (uint)BufferSize;
+        entry->bid = bufferId;
+        _tail++;
+        _tailDirty = true;
+    }
+
+    /// <summary>Publishes returned buffers; called once per pass, before the next submit.</summary>
+    public void Publish()
+    {
+        if (!_tailDirty)
+        {
+            return;
+        }
+
+        _tailDirty = false;
+        // The tail is entry 0's resv field (offset 14). release: entries are written before the tail moves.
+        Volatile.Write(ref *(ushort*)((byte*)_bufs + 14), _tail);
+    }
+
+    public void Dispose()
+    {
+        io_uring_buf_reg reg = default;
+        reg.bgid = GroupId;
+        if (!_ring.RingFd.IsClosed)
+        {
+            _ring.RegisterRaw(IORING_UNREGISTER_PBUF_RING, &reg, 1);
+        }
+
+        _buffers.Dispose();
+        _entries.Dispose();
+    }
+}

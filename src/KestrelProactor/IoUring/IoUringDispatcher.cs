@@ -1,0 +1,569 @@
+using System.Buffers;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using KestrelProactor.Dispatching;
+using KestrelProactor.Internal;
+using Microsoft.AspNetCore.Connections;
+using static KestrelProactor.Interop.Linux.Interop;
+using static KestrelProactor.Interop.Linux.Interop.IoUring;
+
+namespace KestrelProactor.IoUring;
+
+/// <summary>
+/// The io_uring dispatcher: each pass of the loop runs queued work, then hands every SQE prepared since the
+/// last pass to the kernel and waits for completions in a single <c>io_uring_enter</c>, then runs the
+/// completion handlers. Handlers only prepare SQEs; they are submitted together on the next pass.
+/// </summary>
+internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
+{
+    private static readonly byte[] s_requiredOpcodes =
+    [
+        IORING_OP_ACCEPT, IORING_OP_RECV, IORING_OP_SEND, IORING_OP_SENDMSG, IORING_OP_SHUTDOWN,
+        IORING_OP_CLOSE, IORING_OP_ASYNC_CANCEL, IORING_OP_READ, IORING_OP_NOP,
+    ];
+
+    private const ushort BufferGroupId = 1;
+
+    private readonly Stack<IoUringSendBlock> _sendBlocks = new();
+    private readonly List<ProactorConnection> _receiveRetries = new();
+    private IoUringRing? _ring;
+    private IoUringBufferRing? _bufferRing;
+    private SafeFileDescriptorHandle? _wakeFd;
+    private ulong* _wakeBuffer;
+    private bool _multishotAccept;
+
+    public IoUringDispatcher(int id, ProactorBackendContext context) : base(id, context)
+    {
+    }
+
+    public override string BackendName => "io_uring";
+
+    public IoUringRing Ring => _ring ?? throw new InvalidOperationException("The ring is not set up.");
+
+    public override long ReceiveBuffersLent => _bufferRing?.Lent ?? 0;
+
+    /// <summary>Setup flags the kernel refused and this ring runs without.</summary>
+    public List<string> RefusedFeatures { get; } = new();
+
+    /// <summary>Kernel features this ring uses, for the start-up log line.</summary>
+    public List<string> FeaturesInUse { get; } = new();
+
+    /// <summary>Completions for owners that no longer exist (should stay 0; counted for tests).</summary>
+    public long StaleCompletions { get; private set; }
+
+    protected override void Initialize()
+    {
+        ProactorTransportOptions options = Options;
+        uint sqEntries = (uint)options.SubmissionQueueSize;
+        uint cqEntries = options.CompletionQueueSize != 0 ? (uint)options.CompletionQueueSize : Math.Max(sqEntries * 16, 4096);
+        _ring = IoUringRing.Create(
+            sqEntries,
+            cqEntries,
+            [
+                // Dropped in this order when the kernel says EINVAL: newest first.
+                IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+                IORING_SETUP_TASKRUN_FLAG,
+                IORING_SETUP_SUBMIT_ALL,
+            ],
+            RefusedFeatures);
+        try
+        {
+            InitializeRing(options);
+        }
+        catch
+        {
+            ReleaseResources();
+            throw;
+        }
+    }
+
+    private void InitializeRing(ProactorTransportOptions options)
+    {
+        IoUringRing ring = _ring!;
+        if ((ring.Features & IORING_FEAT_FAST_POLL) == 0 || (ring.Features & IORING_FEAT_NODROP) == 0)
+        {
+            throw new IoUringException("the kernel's io_uring lacks FAST_POLL or NODROP (Linux 5.7 or later is required)", Errno.ENOSYS);
+        }
+
+        bool[] supported = ring.ProbeOpcodes();
+        var missing = s_requiredOpcodes.Where(op => !supported[op]).Select(op => "opcode " + op).ToArray();
+        if (missing.Length > 0)
+        {
+            throw new IoUringException($"the kernel's io_uring lacks required operations ({string.Join(", ", missing)}; Linux 5.11 or later is required)", Errno.ENOSYS);
+        }
+
+        FeaturesInUse.Add($"sq={ring.SqEntries}");
+        FeaturesInUse.Add($"cq={ring.CqEntries}");
+        if ((ring.Flags & IORING_SETUP_DEFER_TASKRUN) != 0)
+        {
+            FeaturesInUse.Add("SINGLE_ISSUER|DEFER_TASKRUN");
+        }
+
+        if ((ring.Flags & IORING_SETUP_TASKRUN_FLAG) != 0)
+        {
+            FeaturesInUse.Add("TASKRUN_FLAG");
+        }
+
+        if ((ring.Flags & IORING_SETUP_SUBMIT_ALL) != 0)
+        {
+            FeaturesInUse.Add("SUBMIT_ALL");
+        }
+
+        if (ring.TryRegisterRingFd())
+        {
+            FeaturesInUse.Add("registered-ring-fd");
+        }
+
+        _bufferRing = IoUringBufferRing.TryCreate(ring, BufferGroupId, options.ReceiveBufferCount, options.ReceiveBufferSize, out int bufferErrno);
+        if (_bufferRing is not null)
+        {
+            FeaturesInUse.Add($"buffer-ring={options.ReceiveBufferCount}x{options.ReceiveBufferSize}");
+        }
+        else
+        {
+            RefusedFeatures.Add($"PBUF_RING ({Errno.Name(bufferErrno)})");
+        }
+
+        // Multishot accept came with 5.19, as did buffer rings: their presence tells the tier.
+        _multishotAccept = !options.DisableMultishot && _bufferRing is not null;
+        if (_multishotAccept)
+        {
+            FeaturesInUse.Add("multishot-accept");
+        }
+
+        int wakeFd = Sys.eventfd(0, Sys.EFD_CLOEXEC);
+        if (wakeFd < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw new IoUringException($"eventfd failed: {Errno.Name(errno)}", errno);
+        }
+
+        _wakeFd = new SafeFileDescriptorHandle(wakeFd);
+        _wakeBuffer = (ulong*)NativeMemory.AllocZeroed(sizeof(ulong));
+        ArmWakeRead();
+        Context.Metrics.Register(this);
+    }
+
+    // ---- the loop ----
+
+    protected override void PollCompletions(bool wait)
+    {
+        IoUringRing ring = _ring!;
+        RetryStarvedReceives();
+        _bufferRing?.Publish();
+
+        // With nothing to submit, nothing to wait for and no deferred kernel work, skip the system call.
+        if (wait || ring.PendingSubmissions != 0 || ring.NeedsEnter || ring.ReadyCompletions == 0)
+        {
+            uint pending = ring.PendingSubmissions;
+            int result = ring.SubmitAndWait(wait && ring.ReadyCompletions == 0 ? 1u : 0u);
+            if (result >= 0)
+            {
+                if (pending != 0)
+                {
+                    Context.Metrics.SubmissionsPerEnter.Record(result);
+                }
+            }
+            else if (result != -Errno.EBUSY && result != -Errno.EAGAIN && result != -Errno.EINTR)
+            {
+                throw new IoUringException($"io_uring_enter failed: {Errno.Name(-result)}", -result);
+            }
+
+            // EBUSY/EAGAIN: the kernel holds completions we have not read yet. Reading them below frees it.
+        }
+
+        uint overflow = ring.TakeOverflowDelta();
+        if (overflow != 0)
+        {
+            Context.Metrics.CompletionQueueOverflows.Add(overflow);
+            ProactorLog.CompletionQueueOverflow(Logger, Id, overflow);
+        }
+
+        int handled = 0;
+        while (ring.TryPeekCompletion(0, out io_uring_cqe cqe))
+        {
+            // Release the slot first: the handler's copy is all it needs, and the kernel can reuse the slot.
+            ring.AdvanceCompletions(1);
+            handled++;
+            HandleCompletion(cqe);
+        }
+
+        if (handled != 0)
+        {
+            Context.Metrics.CompletionsPerWake.Record(handled);
+        }
+    }
+
+    private void HandleCompletion(in io_uring_cqe cqe)
+    {
+        ulong userData = cqe.user_data;
+        OperationKind kind = OperationToken.KindOf(userData);
+        if (kind == OperationKind.Wake)
+        {
+            ArmWakeRead();
+            return;
+        }
+
+        bool more = (cqe.flags & IORING_CQE_F_MORE) != 0;
+        IOperationOwner? owner = Table.OnCompleted(userData, final: !more);
+        if (owner is null)
+        {
+            StaleCompletions++;
+            ProactorLog.StaleCompletion(Logger, userData);
+            if ((cqe.flags & IORING_CQE_F_BUFFER) != 0)
+            {
+                _bufferRing?.Return((ushort)(cqe.flags >> IORING_CQE_BUFFER_SHIFT));
+            }
+
+            if (kind == OperationKind.Accept && cqe.res >= 0)
+            {
+                Sys.close(cqe.res);
+            }
+
+            return;
+        }
+
+        try
+        {
+            switch (kind)
+            {
+                case OperationKind.Accept:
+                    var listener = (ProactorConnectionListener)owner;
+                    listener.OnAcceptCompleted(ToResult(cqe.res), cqe.res >= 0 ? new SafeFileDescriptorHandle(cqe.res) : null, more);
+                    break;
+                case OperationKind.Receive:
+                    OnReceiveCompletion((ProactorConnection)owner, cqe);
+                    break;
+                case OperationKind.Send:
+                    var sender = (ProactorConnection)owner;
+                    ReturnSendBlock(sender);
+                    sender.OnSendCompleted(ToResult(cqe.res));
+                    break;
+                case OperationKind.Shutdown:
+                    ((ProactorConnection)owner).OnShutdownCompleted(ToResult(cqe.res));
+                    break;
+                case OperationKind.Close:
+                    ((ProactorConnection)owner).OnCloseCompleted(ToResult(cqe.res));
+                    break;
+            }
+
+            (owner as ProactorConnection)?.AdvanceClose();
+        }
+        catch (Exception ex)
+        {
+            OnHandlerFault(owner, kind, ex);
+            (owner as ProactorConnection)?.AdvanceClose();
+        }
+    }
+
+    private void OnReceiveCompletion(ProactorConnection connection, in io_uring_cqe cqe)
+    {
+        if (cqe.res == -Errno.ENOBUFS)
+        {
+            // Every buffer of the ring was in use when data arrived. Nothing was lost: the data waits in the
+            // socket. Retry once this pass has returned buffers.
+            Context.Metrics.NoBufferCount.Add(1);
+            _receiveRetries.Add(connection);
+            Table.OnSubmitted(connection.Token); // still counted as in flight until resubmitted
+            return;
+        }
+
+        if ((cqe.flags & IORING_CQE_F_BUFFER) != 0)
+        {
+            ushort bufferId = (ushort)(cqe.flags >> IORING_CQE_BUFFER_SHIFT);
+            try
+            {
+                ReadOnlySpan<byte> data = _bufferRing!.GetData(bufferId, Math.Max(cqe.res, 0));
+                connection.OnReceiveCompleted(ToResult(cqe.res), data);
+            }
+            finally
+            {
+                _bufferRing!.Return(bufferId);
+            }
+
+            return;
+        }
+
+        connection.OnReceiveCompleted(ToResult(cqe.res), ReadOnlySpan<byte>.Empty);
+    }
+
+    private void RetryStarvedReceives()
+    {
+        if (_receiveRetries.Count == 0)
+        {
+            return;
+        }
+
+        foreach (ProactorConnection connection in _receiveRetries)
+        {
+            // The placeholder count taken at -ENOBUFS is handed to the new submission.
+            Table.OnCompleted(connection.Token.ToUserData(OperationKind.Receive), final: true);
+            if (connection.ReceiveActive)
+            {
+                SubmitReceive(connection);
+            }
+        }
+
+        _receiveRetries.Clear();
+    }
+
+    protected override void Wake()
+    {
+        SafeFileDescriptorHandle? wakeFd = _wakeFd;
+        if (wakeFd is null || wakeFd.IsClosed)
+        {
+            return;
+        }
+
+        ulong one = 1;
+        bool added = false;
+        try
+        {
+            wakeFd.DangerousAddRef(ref added);
+            Sys.write(wakeFd.Fd, &one, sizeof(ulong));
+        }
+        catch (ObjectDisposedException)
+        {
+            // The dispatcher is gone; nothing to wake.
+        }
+        finally
+        {
+            if (added)
+            {
+                wakeFd.DangerousRelease();
+            }
+        }
+    }
+
+    protected override void Teardown()
+    {
+        Context.Metrics.Unregister(this);
+        ReleaseResources();
+    }
+
+    private void ReleaseResources()
+    {
+        _bufferRing?.Dispose();
+        _ring?.Dispose();
+        _wakeFd?.Dispose();
+        if (_wakeBuffer is not null)
+        {
+            NativeMemory.Free(_wakeBuffer);
+            _wakeBuffer = null;
+        }
+
+        while (_sendBlocks.TryPop(out IoUringSendBlock? block))
+        {
+            block.Dispose();
+        }
+    }
+
+    // ---- preparing operations ----
+
+    /// <summary>
+    /// The next SQE. When the SQ is full, what it holds is submitted first (without waiting), so a burst of
+    /// work larger than the ring still goes out in order.
+    /// </summary>
+    private io_uring_sqe* NextSqe()
+    {
+        IoUringRing ring = _ring!;
+        io_uring_sqe* sqe = ring.TryGetSqe();
+        for (int attempt = 0; sqe is null && attempt < 100; attempt++)
+        {
+            int result = ring.SubmitAndWait(0);
+            if (result < 0 && result != -Errno.EBUSY && result != -Errno.EAGAIN && result != -Errno.EINTR)
+            {
+                throw new IoUringException($"io_uring_enter failed while the submission queue was full: {Errno.Name(-result)}", -result);
+            }
+
+            sqe = ring.TryGetSqe();
+            if (sqe is null)
+            {
+                Thread.Yield();
+            }
+        }
+
+        return sqe is not null ? sqe : throw new IoUringException("the submission queue stayed full", Errno.EBUSY);
+    }
+
+    private void ArmWakeRead()
+    {
+        io_uring_sqe* sqe = NextSqe();
+        sqe->opcode = IORING_OP_READ;
+        sqe->fd = _wakeFd!.Fd;
+        sqe->addr = (ulong)_wakeBuffer;
+        sqe->len = sizeof(ulong);
+        sqe->off = ulong.MaxValue; // read at the current position (eventfds have none)
+        sqe->user_data = (ulong)OperationKind.Wake;
+    }
+
+    /// <summary>A NOP round trip, for tests of the ring itself.</summary>
+    internal void SubmitNop(IOperationOwner owner)
+    {
+        io_uring_sqe* sqe = NextSqe();
+        sqe->opcode = IORING_OP_NOP;
+        Track(sqe, owner, OperationKind.Nop);
+    }
+
+    private void Track(io_uring_sqe* sqe, IOperationOwner owner, OperationKind kind)
+    {
+        sqe->user_data = owner.Token.ToUserData(kind);
+        Table.OnSubmitted(owner.Token);
+    }
+
+    private static int FdOf(SafeHandle handle) => (int)handle.DangerousGetHandle();
+
+    public override void SubmitAccept(ProactorConnectionListener listener)
+    {
+        io_uring_sqe* sqe = NextSqe();
+        sqe->opcode = IORING_OP_ACCEPT;
+        sqe->fd = FdOf(listener.ListenHandle);
+        sqe->op_flags = Sys.SOCK_CLOEXEC;
+        if (_multishotAccept && listener.UseMultishot)
+        {
+            sqe->ioprio = IORING_ACCEPT_MULTISHOT;
+        }
+
+        Track(sqe, listener, OperationKind.Accept);
+    }
+
+    public override void SubmitReceive(ProactorConnection connection)
+    {
+        io_uring_sqe* sqe = NextSqe();
+        sqe->opcode = IORING_OP_RECV;
+        sqe->fd = FdOf(connection.Socket);
+        if (_bufferRing is not null)
+        {
+            // The kernel picks a buffer only when data has arrived (len 0: the buffer's size).
+            sqe->flags = IOSQE_BUFFER_SELECT;
+            sqe->buf_index = _bufferRing.GroupId;
+        }
+        else
+        {
+            Memory<byte> memory = connection.RentReceiveMemory(Options.ReceiveBufferSize);
+            // Pinned by RentReceiveMemory until the completion.
+            sqe->addr = (ulong)Unsafe.AsPointer(ref MemoryMarshal.GetReference(memory.Span));
+            sqe->len = (uint)memory.Length;
+        }
+
+        Track(sqe, connection, OperationKind.Receive);
+    }
+
+    public override void SubmitSend(ProactorConnection connection, in ReadOnlySequence<byte> buffer)
+    {
+        if (!_sendBlocks.TryPop(out IoUringSendBlock? block))
+        {
+            block = new IoUringSendBlock();
+        }
+
+        int segments = block.Prepare(buffer, out void* firstAddress, out int firstLength);
+        connection.SendState = block;
+        io_uring_sqe* sqe = NextSqe();
+        sqe->fd = FdOf(connection.Socket);
+        sqe->op_flags = Sys.MSG_NOSIGNAL;
+        if (segments == 1)
+        {
+            sqe->opcode = IORING_OP_SEND;
+            sqe->addr = (ulong)firstAddress;
+            sqe->len = (uint)firstLength;
+        }
+        else
+        {
+            sqe->opcode = IORING_OP_SENDMSG;
+            sqe->addr = (ulong)block.Header;
+        }
+
+        Track(sqe, connection, OperationKind.Send);
+    }
+
+    private void ReturnSendBlock(ProactorConnection connection)
+    {
+        if (connection.SendState is IoUringSendBlock block)
+        {
+            connection.SendState = null;
+            block.Release();
+            _sendBlocks.Push(block);
+        }
+    }
+
+    public override void SubmitShutdownWrite(ProactorConnection connection)
+    {
+        io_uring_sqe* sqe = NextSqe();
+        sqe->opcode = IORING_OP_SHUTDOWN;
+        sqe->fd = FdOf(connection.Socket);
+        sqe->len = Sys.SHUT_WR;
+        Track(sqe, connection, OperationKind.Shutdown);
+    }
+
+    public override void SubmitCancel(IOperationOwner owner, OperationKind kind)
+    {
+        io_uring_sqe* sqe = NextSqe();
+        sqe->opcode = IORING_OP_ASYNC_CANCEL;
+        sqe->addr = owner.Token.ToUserData(kind);
+        sqe->fd = -1;
+        Track(sqe, owner, OperationKind.Cancel);
+    }
+
+    public override void SubmitClose(ProactorConnection connection)
+    {
+        int fd = FdOf(connection.Socket);
+        // From here the close operation owns the descriptor; the handle must not close it again.
+        connection.Socket.SetHandleAsInvalid();
+        io_uring_sqe* sqe = NextSqe();
+        sqe->opcode = IORING_OP_CLOSE;
+        sqe->fd = fd;
+        Track(sqe, connection, OperationKind.Close);
+    }
+
+    public override void SetAbortiveClose(ProactorConnection connection)
+    {
+        Sys.linger linger = new() { l_onoff = 1, l_linger = 0 };
+        Sys.setsockopt(FdOf(connection.Socket), Sys.SOL_SOCKET, Sys.SO_LINGER, &linger, (uint)sizeof(Sys.linger));
+    }
+
+    public override void ConfigureAcceptedSocket(SafeHandle socket, bool noDelay)
+    {
+        if (noDelay)
+        {
+            int one = 1;
+            Sys.setsockopt(FdOf(socket), Sys.IPPROTO_TCP, Sys.TCP_NODELAY, &one, sizeof(int));
+        }
+    }
+
+    public override EndPoint? GetEndPoint(ProactorConnection connection, bool local)
+    {
+        SafeHandle handle = connection.Socket;
+        bool added = false;
+        try
+        {
+            handle.DangerousAddRef(ref added);
+            const int MaxAddress = 128;
+            byte* buffer = stackalloc byte[MaxAddress];
+            uint length = MaxAddress;
+            int fd = FdOf(handle);
+            int result = local ? Sys.getsockname(fd, buffer, &length) : Sys.getpeername(fd, buffer, &length);
+            if (result != 0 || length < 2)
+            {
+                return null;
+            }
+
+            return SocketAddressConverter.ToEndPoint(new ReadOnlySpan<byte>(buffer, (int)Math.Min(length, MaxAddress)));
+        }
+        catch (ObjectDisposedException)
+        {
+            return null;
+        }
+        finally
+        {
+            if (added)
+            {
+                handle.DangerousRelease();
+            }
+        }
+    }
+
+    private static IoResult ToResult(int res)
+        => res >= 0 ? IoResult.Success(res) : IoResult.Failure(Errno.ToSocketError(-res), -res, Errno.Name(-res));
+}
