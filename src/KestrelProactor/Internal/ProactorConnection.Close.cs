@@ -16,6 +16,8 @@ internal sealed partial class ProactorConnection
     /// <summary>Closes with RST from any thread; pending receives and sends are cancelled.</summary>
     public override void Abort(ConnectionAbortedException abortReason)
     {
+        // Kestrel passes null when it has no reason to give.
+        abortReason ??= new ConnectionAbortedException("The connection was aborted.");
         if (Interlocked.CompareExchange(ref _abortReason, abortReason, null) is not null)
         {
             return;
@@ -122,6 +124,11 @@ internal sealed partial class ProactorConnection
             try
             {
                 connection._connectionClosedSource.Cancel();
+            }
+            catch (Exception ex)
+            {
+                // A ConnectionClosed callback threw: that is the application's bug, not a reason to crash.
+                ProactorLog.ConnectionClosedCallbackFault(connection._logger, connection.ConnectionId, ex);
             }
             finally
             {

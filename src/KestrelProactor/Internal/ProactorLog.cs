@@ -45,4 +45,7 @@ internal static partial class ProactorLog
 
     [LoggerMessage(13, LogLevel.Debug, "A completion arrived for an operation that is no longer tracked (user data {UserData:x}); it is ignored.", EventName = "StaleCompletion")]
     public static partial void StaleCompletion(ILogger logger, ulong userData);
+
+    [LoggerMessage(14, LogLevel.Error, "A ConnectionClosed callback of connection {ConnectionId} threw.", EventName = "ConnectionClosedCallbackFault")]
+    public static partial void ConnectionClosedCallbackFault(ILogger logger, string connectionId, Exception exception);
 }
