@@ -5,6 +5,10 @@ namespace KestrelProactor.Internal;
 
 internal sealed partial class ProactorConnection
 {
+    // Kestrel's switch (shared with its socket transport): abort with FIN instead of RST.
+    private static readonly bool s_finOnError =
+        AppContext.TryGetSwitch("Microsoft.AspNetCore.Server.Kestrel.FinOnError", out bool finOnError) && finOnError;
+
     private int _abortRequested;
     private ConnectionAbortedException? _abortReason;
     private bool _shutdownActive;
@@ -51,7 +55,7 @@ internal sealed partial class ProactorConnection
         if (!_closeStarted)
         {
             _closeStarted = true;
-            if (abortive)
+            if (abortive && !s_finOnError)
             {
                 Dispatcher.SetAbortiveClose(this);
             }
