@@ -11,6 +11,8 @@ internal sealed partial class ProactorConnection
 {
     private bool _receiveActive;
     private bool _inputEnded;
+    private bool _inputFlushPending;
+    private bool _receiveCancelRequested;
     private bool _inputWriterCompleted;
     private bool _inputCompletionPending;
     private Exception? _inputError;
@@ -22,6 +24,9 @@ internal sealed partial class ProactorConnection
     private bool _receiveIntoPipe;
 
     public bool ReceiveActive => _receiveActive;
+
+    /// <summary>True once the connection has started closing: no new operation may be submitted for it.</summary>
+    public bool IsClosing => _closeStarted;
 
     /// <summary>Submits the next receive unless one is in flight, the input has ended, or the connection is closing.</summary>
     private void ArmReceive()
@@ -49,11 +54,17 @@ internal sealed partial class ProactorConnection
     /// <summary>
     /// A receive completed. With a provided buffer, <paramref name="data"/> holds the bytes: they are copied
     /// into the pipe (the backend returns the buffer right after). After a receive into rented pipe memory the
-    /// bytes are already in place and <paramref name="data"/> views them.
+    /// bytes are already in place and <paramref name="data"/> views them. <paramref name="more"/>: a multishot
+    /// receive stays armed and will complete again.
     /// </summary>
-    public void OnReceiveCompleted(IoResult result, ReadOnlySpan<byte> data)
+    public void OnReceiveCompleted(IoResult result, ReadOnlySpan<byte> data, bool more)
     {
-        _receiveActive = false;
+        if (!more)
+        {
+            _receiveActive = false;
+            _receiveCancelRequested = false;
+        }
+
         bool intoPipe = _receiveIntoPipe;
         if (intoPipe)
         {
@@ -87,7 +98,15 @@ internal sealed partial class ProactorConnection
                     Input.Write(data);
                 }
 
-                FlushInput();
+                if (!_inputFlushPending)
+                {
+                    FlushInput();
+                }
+                else if (!more)
+                {
+                    // Paused: the bytes wait unflushed in the pipe until the application catches up.
+                }
+
                 return;
             }
 
@@ -106,7 +125,14 @@ internal sealed partial class ProactorConnection
             switch (result.Error)
             {
                 case SocketError.OperationAborted:
-                    // Cancelled by the close path, which completes the input with the right reason.
+                    // Cancelled, either by the close path (which completes the input with the right reason) or
+                    // to pause a multishot receive for back-pressure; in that case the flush that completes
+                    // re-arms, unless it already has completed.
+                    if (!_inputFlushPending)
+                    {
+                        ArmReceive();
+                    }
+
                     return;
                 case SocketError.ConnectionReset:
                     ProactorLog.ConnectionReset(_logger, ConnectionId);
@@ -140,7 +166,16 @@ internal sealed partial class ProactorConnection
         }
 
         // Back-pressure: the pipe holds MaxReadBufferSize bytes. Receive again only once the application has
-        // consumed half; the continuation runs on this dispatcher (the input writer's scheduler).
+        // consumed half; the continuation runs on this dispatcher (the input writer's scheduler). A multishot
+        // receive would go on filling buffers, so it is cancelled; what arrives before the cancel lands is
+        // kept (written, unflushed), so nothing is lost and the overshoot is bounded by one pass.
+        _inputFlushPending = true;
+        if (_receiveActive && !_receiveCancelRequested && !_receiveIntoPipe)
+        {
+            _receiveCancelRequested = true;
+            Dispatcher.SubmitCancel(this, OperationKind.Receive);
+        }
+
         _inputFlushAwaiter = flush.GetAwaiter();
         _inputFlushAwaiter.UnsafeOnCompleted(_onInputFlushed ??= OnInputFlushedContinuation);
     }
@@ -149,6 +184,7 @@ internal sealed partial class ProactorConnection
     {
         FlushResult result = _inputFlushAwaiter.GetResult();
         _inputFlushAwaiter = default;
+        _inputFlushPending = false;
         OnInputFlushed(result);
     }
 
@@ -158,6 +194,13 @@ internal sealed partial class ProactorConnection
         {
             // The application completed its input: no reader for more bytes.
             EndInput(null);
+            return;
+        }
+
+        if (Input.UnflushedBytes > 0 && !_inputWriterCompleted)
+        {
+            // Bytes a multishot receive delivered while paused.
+            FlushInput();
             return;
         }
 
@@ -174,6 +217,13 @@ internal sealed partial class ProactorConnection
 
         _inputEnded = true;
         _inputError = error;
+        if (_receiveActive && !_receiveIntoPipe && !_receiveCancelRequested && !_closeStarted)
+        {
+            // A multishot receive would keep filling buffers nobody reads.
+            _receiveCancelRequested = true;
+            Dispatcher.SubmitCancel(this, OperationKind.Receive);
+        }
+
         if (_receiveActive && _receiveIntoPipe)
         {
             // A receive in flight still owns pipe memory: complete the writer when it comes back.

@@ -1,7 +1,4 @@
-using System.Runtime.InteropServices;
-using System.Text;
 using KestrelProactor.Dispatching;
-using static KestrelProactor.Interop.Linux.Interop;
 
 namespace KestrelProactor.IoUring;
 
@@ -63,7 +60,7 @@ internal sealed class IoUringBackend : ProactorBackend
                 return false;
             }
 
-            backend = new IoUringBackend(dispatchers, ReadKernelVersion());
+            backend = new IoUringBackend(dispatchers, IoUring.KernelVersion.Release);
             return true;
         }
         catch (Exception ex)
@@ -72,16 +69,5 @@ internal sealed class IoUringBackend : ProactorBackend
             reason = $"io_uring setup failed: {ex.Message}";
             return false;
         }
-    }
-
-    private static unsafe string ReadKernelVersion()
-    {
-        Sys.utsname name;
-        if (Sys.uname(&name) != 0)
-        {
-            return "unknown";
-        }
-
-        return Marshal.PtrToStringUTF8((nint)name.release) ?? "unknown";
     }
 }

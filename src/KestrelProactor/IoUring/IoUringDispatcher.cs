@@ -33,6 +33,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
     private SafeFileDescriptorHandle? _wakeFd;
     private ulong* _wakeBuffer;
     private bool _multishotAccept;
+    private bool _multishotReceive;
 
     public IoUringDispatcher(int id, ProactorBackendContext context) : base(id, context)
     {
@@ -131,6 +132,13 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
         if (_multishotAccept)
         {
             FeaturesInUse.Add("multishot-accept");
+        }
+
+        // Multishot receive needs 6.0 and a buffer ring; nothing in the probe tells it, the version does.
+        _multishotReceive = !options.DisableMultishot && _bufferRing is not null && KernelVersion.AtLeast(6, 0);
+        if (_multishotReceive)
+        {
+            FeaturesInUse.Add("multishot-recv");
         }
 
         int wakeFd = Sys.eventfd(0, Sys.EFD_CLOEXEC);
@@ -260,7 +268,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
 
     private void OnReceiveCompletion(ProactorConnection connection, in io_uring_cqe cqe)
     {
-        if (cqe.res == -Errno.ENOBUFS)
+        if (cqe.res == -Errno.ENOBUFS && (cqe.flags & IORING_CQE_F_MORE) == 0)
         {
             // Every buffer of the ring was in use when data arrived. Nothing was lost: the data waits in the
             // socket. Retry once this pass has returned buffers.
@@ -276,7 +284,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
             try
             {
                 ReadOnlySpan<byte> data = _bufferRing!.GetData(bufferId, Math.Max(cqe.res, 0));
-                connection.OnReceiveCompleted(ToResult(cqe.res), data);
+                connection.OnReceiveCompleted(ToResult(cqe.res), data, (cqe.flags & IORING_CQE_F_MORE) != 0);
             }
             finally
             {
@@ -286,7 +294,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
             return;
         }
 
-        connection.OnReceiveCompleted(ToResult(cqe.res), ReadOnlySpan<byte>.Empty);
+        connection.OnReceiveCompleted(ToResult(cqe.res), ReadOnlySpan<byte>.Empty, (cqe.flags & IORING_CQE_F_MORE) != 0);
     }
 
     private void RetryStarvedReceives()
@@ -300,7 +308,13 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
         {
             // The placeholder count taken at -ENOBUFS is handed to the new submission.
             Table.OnCompleted(connection.Token.ToUserData(OperationKind.Receive), final: true);
-            if (connection.ReceiveActive)
+            if (connection.IsClosing)
+            {
+                // Closed while waiting for buffers: end the receive as cancelled, which lets the close go on.
+                connection.OnReceiveCompleted(ToResult(-Errno.ECANCELED), ReadOnlySpan<byte>.Empty, more: false);
+                connection.AdvanceClose();
+            }
+            else
             {
                 SubmitReceive(connection);
             }
@@ -439,6 +453,11 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
             // The kernel picks a buffer only when data has arrived (len 0: the buffer's size).
             sqe->flags = IOSQE_BUFFER_SELECT;
             sqe->buf_index = _bufferRing.GroupId;
+            if (_multishotReceive)
+            {
+                // Stays armed: one completion per arrival, each with a buffer, until cancelled or the peer ends.
+                sqe->ioprio = IORING_RECV_MULTISHOT;
+            }
         }
         else
         {
