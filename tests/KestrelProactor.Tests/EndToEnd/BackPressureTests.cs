@@ -27,14 +27,16 @@ public sealed class BackPressureTests
         socket.ReceiveBufferSize = 64 * 1024;
         await socket.ConnectAsync(server.EndPoint, cancellationToken).DefaultTimeout();
 
-        await RawHttp.SendAsciiAsync(socket, $"GET /download?size={HundredMiB}&seed=5 HTTP/1.1\r\nHost: localhost\r\n\r\n", cancellationToken).DefaultTimeout();
-        var (statusLine, headers, _) = await RawHttp.ReadHeadAsync(socket, cancellationToken).DefaultTimeout();
+        var http = new RawHttp(socket);
+        await http.SendAsciiAsync($"GET /download?size={HundredMiB}&seed=5 HTTP/1.1\r\nHost: localhost\r\n\r\n", cancellationToken).DefaultTimeout();
+        var (statusLine, headers) = await http.ReadHeadAsync(cancellationToken).DefaultTimeout();
         Assert.StartsWith("HTTP/1.1 200", statusLine);
         server.AssertServedByExpectedTransport(headers.GetValueOrDefault(E2EApp.TransportHeader));
 
         // From here on the client reads nothing.
         long stalledAt = await WaitForStallAsync(() => server.State.ResponseBytesFlushed, cancellationToken);
 
+        TestContext.Current.TestOutputHelper?.WriteLine($"The app's flushes stalled after {stalledAt} bytes.");
         Assert.InRange(stalledAt, 1, StallCeiling);
 
         // Leaving unread data behind makes the close an RST, which ends the app's pending flush.
@@ -53,7 +55,8 @@ public sealed class BackPressureTests
         socket.SendBufferSize = 64 * 1024;
         await socket.ConnectAsync(server.EndPoint, cancellationToken).DefaultTimeout();
 
-        await RawHttp.SendAsciiAsync(socket, $"POST /hold HTTP/1.1\r\nHost: localhost\r\nContent-Length: {HundredMiB}\r\n\r\n", cancellationToken).DefaultTimeout();
+        var http = new RawHttp(socket);
+        await http.SendAsciiAsync($"POST /hold HTTP/1.1\r\nHost: localhost\r\nContent-Length: {HundredMiB}\r\n\r\n", cancellationToken).DefaultTimeout();
         await server.State.HeldRequestArrived.Task.DefaultTimeout();
 
         long sent = 0;
@@ -77,12 +80,13 @@ public sealed class BackPressureTests
         // The app has not read a byte: Kestrel's MaxRequestBufferSize, through the transport's MaxReadBufferSize,
         // must stop receiving, and then TCP stops the client.
         long stalledAt = await WaitForStallAsync(() => Interlocked.Read(ref sent), cancellationToken);
+        TestContext.Current.TestOutputHelper?.WriteLine($"The client's sends stalled after {stalledAt} bytes.");
         Assert.InRange(stalledAt, 1, StallCeiling);
         Assert.False(sender.IsCompleted);
 
         server.State.ReleaseHeldRequest.TrySetResult();
         await sender.LongTimeout();
-        var (statusLine, headers, body) = await RawHttp.ReadResponseAsync(socket, cancellationToken).LongTimeout();
+        var (statusLine, headers, body) = await http.ReadResponseAsync(cancellationToken).LongTimeout();
 
         Assert.StartsWith("HTTP/1.1 200", statusLine);
         server.AssertServedByExpectedTransport(headers.GetValueOrDefault(E2EApp.TransportHeader));

@@ -1,6 +1,5 @@
 using System.Buffers;
 using System.Net.WebSockets;
-using System.Security.Cryptography;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
@@ -49,7 +48,9 @@ internal static class E2EApp
             await context.Request.Body.CopyToAsync(context.Response.Body, context.RequestAborted);
         });
 
-        endpoints.MapPost("/sha256", static async (HttpContext context) => await ReportBodyAsync(context));
+        // Takes HttpRequest, not HttpContext: a lambda over HttpContext alone would bind as a RequestDelegate
+        // and its result would be dropped instead of written as JSON.
+        endpoints.MapPost("/sha256", static (HttpRequest request) => ReportBodyAsync(request));
 
         endpoints.MapGet("/download", DownloadAsync);
 
@@ -68,7 +69,7 @@ internal static class E2EApp
         {
             state.HeldRequestArrived.TrySetResult();
             await state.ReleaseHeldRequest.Task.WaitAsync(context.RequestAborted);
-            return await ReportBodyAsync(context);
+            return await ReportBodyAsync(context.Request);
         });
 
         endpoints.MapGet("/gate/{id:int}", static async (int id, E2EAppState state, HttpContext context) =>
@@ -89,11 +90,10 @@ internal static class E2EApp
         endpoints.Map("/ws", EchoWebSocketAsync);
     }
 
-    private static async Task<BodyReport> ReportBodyAsync(HttpContext context)
+    private static async Task<BodyReport> ReportBodyAsync(HttpRequest request)
     {
-        var request = context.Request;
         bool chunked = request.Headers.TransferEncoding.ToString().Contains("chunked", StringComparison.OrdinalIgnoreCase);
-        var (length, sha) = await PatternData.HashStreamAsync(request.Body, context.RequestAborted);
+        var (length, sha) = await PatternData.HashStreamAsync(request.Body, request.HttpContext.RequestAborted);
         return new BodyReport(length, sha, chunked, request.ContentLength);
     }
 
@@ -162,6 +162,4 @@ internal static class E2EApp
         services.AddSingleton(state);
         services.AddRouting();
     }
-
-    internal static string Sha256Hex(ReadOnlySpan<byte> data) => Convert.ToHexStringLower(SHA256.HashData(data));
 }

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Net.Sockets;
 using System.Text;
 
@@ -5,11 +6,15 @@ namespace KestrelProactor.Tests.EndToEnd;
 
 /// <summary>
 /// Just enough HTTP/1.1 over a bare socket for the tests that must control exactly when the client reads or
-/// writes (HttpClient would buffer on its own).
+/// writes (HttpClient would buffer on its own). Reads a response head, then a Content-Length or chunked body.
 /// </summary>
-internal static class RawHttp
+internal sealed class RawHttp(Socket socket)
 {
-    public static async Task SendAsciiAsync(Socket socket, string text, CancellationToken cancellationToken)
+    private readonly byte[] _buffer = new byte[16 * 1024];
+    private int _start;
+    private int _end;
+
+    public async Task SendAsciiAsync(string text, CancellationToken cancellationToken)
     {
         byte[] bytes = Encoding.ASCII.GetBytes(text);
         for (int sent = 0; sent < bytes.Length;)
@@ -18,78 +23,95 @@ internal static class RawHttp
         }
     }
 
-    /// <summary>
-    /// Reads until the end of the response head; returns the status line, the header lines, and any body bytes
-    /// that arrived with the head.
-    /// </summary>
-    public static async Task<(string StatusLine, Dictionary<string, string> Headers, byte[] BodyStart)> ReadHeadAsync(
-        Socket socket, CancellationToken cancellationToken)
+    /// <summary>Reads the status line and headers; the body is left unread.</summary>
+    public async Task<(string StatusLine, Dictionary<string, string> Headers)> ReadHeadAsync(CancellationToken cancellationToken)
     {
-        var received = new List<byte>();
-        var buffer = new byte[1024];
+        string statusLine = await ReadLineAsync(cancellationToken);
+        var headers = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
+        string line;
+        while ((line = await ReadLineAsync(cancellationToken)).Length > 0)
+        {
+            int colon = line.IndexOf(':');
+            headers[line[..colon].Trim()] = line[(colon + 1)..].Trim();
+        }
+
+        return (statusLine, headers);
+    }
+
+    /// <summary>Reads a whole response, its body framed by Content-Length or chunked.</summary>
+    public async Task<(string StatusLine, Dictionary<string, string> Headers, byte[] Body)> ReadResponseAsync(CancellationToken cancellationToken)
+    {
+        var (statusLine, headers) = await ReadHeadAsync(cancellationToken);
+        using var body = new MemoryStream();
+        if (headers.TryGetValue("Content-Length", out var contentLength))
+        {
+            await ReadExactlyAsync(body, long.Parse(contentLength, CultureInfo.InvariantCulture), cancellationToken);
+        }
+        else if (headers.TryGetValue("Transfer-Encoding", out var encoding) && encoding.Contains("chunked", StringComparison.OrdinalIgnoreCase))
+        {
+            long size;
+            while ((size = long.Parse((await ReadLineAsync(cancellationToken)).Split(';')[0], NumberStyles.HexNumber, CultureInfo.InvariantCulture)) > 0)
+            {
+                await ReadExactlyAsync(body, size, cancellationToken);
+                Assert.Equal("", await ReadLineAsync(cancellationToken));
+            }
+
+            // No trailers are expected: the last chunk is followed by an empty line.
+            Assert.Equal("", await ReadLineAsync(cancellationToken));
+        }
+
+        return (statusLine, headers, body.ToArray());
+    }
+
+    private async Task<string> ReadLineAsync(CancellationToken cancellationToken)
+    {
+        var line = new StringBuilder();
         while (true)
         {
-            int read = await socket.ReceiveAsync(buffer, SocketFlags.None, cancellationToken);
-            if (read == 0)
+            if (_start == _end)
             {
-                throw new IOException($"The server closed the connection before the end of the response head: '{Encoding.ASCII.GetString(received.ToArray())}'.");
+                await FillAsync(cancellationToken);
             }
 
-            received.AddRange(buffer.AsSpan(0, read));
-            int end = IndexOfHeadEnd(received);
-            if (end >= 0)
+            byte b = _buffer[_start++];
+            if (b == '\n')
             {
-                string head = Encoding.ASCII.GetString(received.GetRange(0, end).ToArray());
-                string[] lines = head.Split("\r\n");
-                var headers = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
-                foreach (string line in lines.Skip(1))
-                {
-                    int colon = line.IndexOf(':');
-                    headers[line[..colon].Trim()] = line[(colon + 1)..].Trim();
-                }
-
-                return (lines[0], headers, received.GetRange(end + 4, received.Count - end - 4).ToArray());
+                return line.ToString().TrimEnd('\r');
             }
 
-            if (received.Count > 64 * 1024)
+            line.Append((char)b);
+            if (line.Length > 16 * 1024)
             {
-                throw new IOException("The response head is larger than 64 KiB.");
+                throw new IOException("A response line is longer than 16 KiB.");
             }
         }
     }
 
-    /// <summary>Reads a whole Content-Length response.</summary>
-    public static async Task<(string StatusLine, Dictionary<string, string> Headers, byte[] Body)> ReadResponseAsync(
-        Socket socket, CancellationToken cancellationToken)
+    private async Task ReadExactlyAsync(Stream destination, long count, CancellationToken cancellationToken)
     {
-        var (statusLine, headers, bodyStart) = await ReadHeadAsync(socket, cancellationToken);
-        int length = int.Parse(headers["Content-Length"], System.Globalization.CultureInfo.InvariantCulture);
-        var body = new byte[length];
-        bodyStart.CopyTo(body, 0);
-        for (int filled = bodyStart.Length; filled < length;)
+        while (count > 0)
         {
-            int read = await socket.ReceiveAsync(body.AsMemory(filled), SocketFlags.None, cancellationToken);
-            if (read == 0)
+            if (_start == _end)
             {
-                throw new IOException($"The server closed the connection after {filled} of {length} body bytes.");
+                await FillAsync(cancellationToken);
             }
 
-            filled += read;
+            int take = (int)Math.Min(count, _end - _start);
+            destination.Write(_buffer, _start, take);
+            _start += take;
+            count -= take;
         }
-
-        return (statusLine, headers, body);
     }
 
-    private static int IndexOfHeadEnd(List<byte> data)
+    private async Task FillAsync(CancellationToken cancellationToken)
     {
-        for (int i = 3; i < data.Count; i++)
+        int read = await socket.ReceiveAsync(_buffer.AsMemory(), SocketFlags.None, cancellationToken);
+        if (read == 0)
         {
-            if (data[i - 3] == '\r' && data[i - 2] == '\n' && data[i - 1] == '\r' && data[i] == '\n')
-            {
-                return i - 3;
-            }
+            throw new IOException("The server closed the connection in the middle of a response.");
         }
 
-        return -1;
+        _start = 0;
+        _end = read;
     }
 }
