@@ -67,6 +67,8 @@ internal sealed partial class ProactorConnection : ConnectionContext,
         Input = input.Writer;
         Output = output.Reader;
         _transportSide = new DuplexPipe(input.Reader, output.Writer);
+        Transport = _transportSide;
+        ConnectionClosed = _connectionClosedSource.Token;
 
         Features = new FeatureCollection();
         Features.Set<IConnectionIdFeature>(this);
@@ -112,17 +114,11 @@ internal sealed partial class ProactorConnection : ConnectionContext,
         set => _items = value;
     }
 
-    public override IDuplexPipe Transport
-    {
-        get => _transportSide;
-        set => throw new NotSupportedException("The proactor transport's pipes cannot be replaced.");
-    }
+    /// <summary>The application's ends of the pipes. Middleware (TLS) may replace it with a wrapping pipe.</summary>
+    public override IDuplexPipe Transport { get; set; }
 
-    public override CancellationToken ConnectionClosed
-    {
-        get => _connectionClosedSource.Token;
-        set => throw new NotSupportedException();
-    }
+    /// <summary>Fires after the descriptor is closed. Settable, as on Kestrel's own transports.</summary>
+    public override CancellationToken ConnectionClosed { get; set; }
 
     public override EndPoint? LocalEndPoint
     {
