@@ -8,11 +8,13 @@ namespace KestrelProactor.Tests.Contract;
 
 /// <summary>
 /// Contract: <c>MaxReadBufferSize</c> bounds what the transport buffers for an application that does not read
-/// (Kestrel's <c>MaxRequestBufferSize</c> relies on it), and pausing loses nothing.
+/// (Kestrel's <c>MaxRequestBufferSize</c> relies on it), <c>MaxWriteBufferSize</c> pauses an application that writes
+/// faster than the peer reads, and pausing loses nothing.
 /// </summary>
 public sealed class BackPressureTests
 {
     private const long MaxReadBufferSize = 64 * 1024;
+    private const long MaxWriteBufferSize = 64 * 1024;
     private const int UploadSize = 16 * 1024 * 1024;
 
     [Theory]
@@ -39,12 +41,50 @@ public sealed class BackPressureTests
         connection.Transport.Input.AdvanceTo(buffered.Buffer.Start, buffered.Buffer.End);
 
         // The pause point is MaxReadBufferSize; one more receive may land before the transport notices.
+        TestContext.Current.TestOutputHelper?.WriteLine($"Buffered while paused: {bufferedLength} bytes.");
         Assert.InRange(bufferedLength, 1, 2 * MaxReadBufferSize);
 
         (long total, string hash) = await HashToEndAsync(connection.Transport.Input).LongTimeout();
         await send.LongTimeout();
         Assert.Equal(UploadSize, total);
         Assert.Equal(RawClient.Hash(upload), hash);
+    }
+
+    [Theory]
+    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
+    public async Task Output_ClientNotReading_FlushStallsThenAllBytesArrive(TransportKind kind)
+    {
+        // Arrange
+        const int ChunkSize = 16 * 1024;
+        const long GiveUpAfter = 64L * 1024 * 1024;
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, configure: o => o.MaxWriteBufferSize = MaxWriteBufferSize);
+        (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+        using var sentHash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        long written = 0;
+        Task<FlushResult>? stalledFlush = null;
+
+        // Act: write until a flush stays pending; only the socket buffers and MaxWriteBufferSize can absorb data.
+        for (int chunk = 0; written < GiveUpAfter; chunk++)
+        {
+            byte[] data = RawClient.CreatePayload(ChunkSize, seed: chunk);
+            sentHash.AppendData(data);
+            written += data.Length;
+            Task<FlushResult> flush = connection.Transport.Output.WriteAsync(data, TestContext.Current.CancellationToken).AsTask();
+            if (await Task.WhenAny(flush, Task.Delay(TimeSpan.FromSeconds(1), TestContext.Current.CancellationToken)) != flush)
+            {
+                stalledFlush = flush;
+                break;
+            }
+        }
+
+        // Assert
+        Assert.NotNull(stalledFlush);
+        Task<(long Total, string Hash)> receive = HashToEndAsync(client);
+        await stalledFlush.DefaultTimeout();
+        await connection.Transport.Output.CompleteAsync().DefaultTimeout();
+        (long total, string hash) = await receive.LongTimeout();
+        Assert.Equal(written, total);
+        Assert.Equal(Convert.ToHexString(sentHash.GetHashAndReset()), hash);
     }
 
     private static async Task<(long Total, string Hash)> HashToEndAsync(PipeReader input)
@@ -65,6 +105,24 @@ public sealed class BackPressureTests
             {
                 return (total, Convert.ToHexString(hash.GetHashAndReset()));
             }
+        }
+    }
+
+    private static async Task<(long Total, string Hash)> HashToEndAsync(Socket client)
+    {
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        var buffer = new byte[64 * 1024];
+        long total = 0;
+        while (true)
+        {
+            int read = await client.ReceiveAsync(buffer, SocketFlags.None).DefaultTimeout();
+            if (read == 0)
+            {
+                return (total, Convert.ToHexString(hash.GetHashAndReset()));
+            }
+
+            hash.AppendData(buffer, 0, read);
+            total += read;
         }
     }
 }

@@ -1,7 +1,9 @@
 using System.IO.Pipelines;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 using KestrelProactor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Connections.Features;
 
 namespace KestrelProactor.Tests.Contract;
 
@@ -166,6 +168,59 @@ public sealed class ConnectionShutdownTests
         await closed.DefaultTimeout();
         Assert.Empty(await RawClient.ReceiveToEndAsync(client));
     }
+
+    [Theory]
+    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
+    public async Task Abort_WithPendingRead_CompletesPendingRead(TransportKind kind)
+    {
+        // Arrange
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind);
+        (_, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+        Task<ReadResult> pendingRead = connection.Transport.Input.ReadAsync(TestContext.Current.CancellationToken).AsTask();
+        await Task.Delay(100, TestContext.Current.CancellationToken);
+        Assert.False(pendingRead.IsCompleted, "The read completed before the client sent anything.");
+
+        // Act
+        connection.Abort(new ConnectionAbortedException("The test aborted the connection."));
+        ReadResult? result = null;
+        Exception? error = await Record.ExceptionAsync(async () => result = await pendingRead.DefaultTimeout());
+
+        // Assert: the read must end without data; the socket transport faults it with the abort reason.
+        TestContext.Current.TestOutputHelper?.WriteLine($"Pending read after Abort: {error?.GetType().Name ?? DescribeResult(result!.Value)}");
+        if (error is null)
+        {
+            Assert.True(result!.Value.IsCanceled || result.Value.IsCompleted, "The pending read returned without being canceled or completed.");
+            Assert.True(result.Value.Buffer.IsEmpty);
+        }
+        else
+        {
+            Assert.IsType<ConnectionAbortedException>(error);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
+    public async Task ConnectionClosed_AfterAbort_FiresOnlyOnceDescriptorIsClosed(TransportKind kind)
+    {
+        // Arrange: the socket's SafeHandle is the only view of the descriptor both transports expose.
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind);
+        (_, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+        SafeHandle handle = kind == TransportKind.Sockets
+            ? connection.Features.Get<IConnectionSocketFeature>()!.Socket.SafeHandle
+            : connection.Features.Get<IProactorConnectionFeature>()!.SocketHandle;
+        var closedSeenByCallback = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        connection.ConnectionClosed.Register(() => closedSeenByCallback.TrySetResult(handle.IsClosed));
+
+        // Act
+        connection.Abort(new ConnectionAbortedException("The test aborted the connection."));
+        bool handleWasClosed = await closedSeenByCallback.Task.DefaultTimeout();
+
+        // Assert
+        Assert.True(handleWasClosed, "ConnectionClosed fired while the socket handle was still open.");
+    }
+
+    private static string DescribeResult(ReadResult result)
+        => $"IsCanceled={result.IsCanceled} IsCompleted={result.IsCompleted} Length={result.Buffer.Length}";
 
     private static async Task ObserveCompletionAsync(Task task)
     {
