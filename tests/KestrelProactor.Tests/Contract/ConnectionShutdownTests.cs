@@ -130,7 +130,7 @@ public sealed class ConnectionShutdownTests
         // Assert: the blocked flush must be released (its outcome is the transport's choice), and the connection must close.
         await ObserveCompletionAsync(write).DefaultTimeout();
         await closed.DefaultTimeout();
-        await connection.DisposeAsync().DefaultTimeout();
+        await harness.DisposeConnectionAsync(connection);
     }
 
     [Theory]
@@ -145,7 +145,7 @@ public sealed class ConnectionShutdownTests
         // Act
         client.Close();
         byte[] rest = await ServerPipes.ReadToEndAsync(connection.Transport.Input);
-        await connection.DisposeAsync().DefaultTimeout();
+        await harness.DisposeConnectionAsync(connection);
 
         // Assert
         Assert.Empty(rest);
@@ -162,7 +162,7 @@ public sealed class ConnectionShutdownTests
         Task closed = ServerPipes.WhenClosedAsync(connection);
 
         // Act
-        await connection.DisposeAsync().DefaultTimeout();
+        await harness.DisposeConnectionAsync(connection);
 
         // Assert: the descriptor is closed by the time DisposeAsync returns, so the client sees the end of the stream.
         await closed.DefaultTimeout();

@@ -1,3 +1,4 @@
+using System.Reflection;
 using KestrelProactor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Server.Kestrel.Transport.Sockets;
@@ -13,11 +14,21 @@ namespace KestrelProactor.Tests.Contract;
 /// </summary>
 internal static class ContractTransports
 {
-    public static IConnectionListenerFactory Create(TransportKind kind, Action<ProactorTransportOptions>? configure = null)
+    public static IConnectionListenerFactory Create(
+        TransportKind kind,
+        Action<ProactorTransportOptions>? configure = null,
+        TrackingMemoryPool? memoryPool = null)
     {
         if (kind != TransportKind.Sockets)
         {
-            return TransportFactories.Create(kind, configure);
+            return TransportFactories.Create(kind, options =>
+            {
+                configure?.Invoke(options);
+                if (memoryPool is not null)
+                {
+                    options.MemoryPoolFactory = () => memoryPool;
+                }
+            });
         }
 
         ProactorTransportOptions shared = TransportFactories.CreateOptions(kind, configure);
@@ -29,7 +40,24 @@ internal static class ContractTransports
             MaxWriteBufferSize = shared.MaxWriteBufferSize,
             UnsafePreferInlineScheduling = shared.UnsafePreferInlineScheduling,
         };
+        if (memoryPool is not null)
+        {
+            SetSocketTransportMemoryPool(socketOptions, memoryPool);
+        }
+
         return new SocketTransportFactory(Options.Create(socketOptions), NullLoggerFactory.Instance);
+    }
+
+    /// <summary>
+    /// The socket transport takes its pool from an internal option (Kestrel fills it from DI); setting it by
+    /// reflection lets the pool tests check themselves against the socket transport.
+    /// </summary>
+    private static void SetSocketTransportMemoryPool(SocketTransportOptions options, IMemoryPoolFactory<byte> factory)
+    {
+        PropertyInfo? property = typeof(SocketTransportOptions).GetProperty("MemoryPoolFactory", BindingFlags.Instance | BindingFlags.NonPublic | BindingFlags.Public);
+        Assert.SkipWhen(property is null || !property.PropertyType.IsAssignableFrom(factory.GetType()),
+            "This version of the socket transport has no MemoryPoolFactory option to inject a tracking pool through.");
+        property.SetValue(options, factory);
     }
 
     public static bool IsProactor(TransportKind kind) => kind != TransportKind.Sockets;

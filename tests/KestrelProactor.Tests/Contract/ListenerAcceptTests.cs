@@ -29,7 +29,7 @@ public sealed class ListenerAcceptTests
     {
         // Arrange
         await using ListenerHarness harness = await ListenerHarness.BindAsync(kind);
-        await harness.Listener.DisposeAsync().DefaultTimeout();
+        await harness.DisposeListenerAsync();
 
         // Act
         ConnectionContext? connection = await harness.Listener.AcceptAsync(TestContext.Current.CancellationToken).DefaultTimeout();
@@ -67,7 +67,7 @@ public sealed class ListenerAcceptTests
         Assert.False(accept.IsCompleted, "AcceptAsync completed with no client connecting.");
 
         // Act
-        await harness.Listener.DisposeAsync().DefaultTimeout();
+        await harness.DisposeListenerAsync();
         ConnectionContext? connection = await accept.DefaultTimeout();
 
         // Assert

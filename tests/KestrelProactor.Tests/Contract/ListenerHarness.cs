@@ -15,6 +15,8 @@ internal sealed class ListenerHarness : IAsyncDisposable
     private readonly List<ConnectionContext> _connections = [];
     private readonly List<Socket> _clients = [];
     private readonly Lock _gate = new();
+    private bool _listenerDisposed;
+    private bool _disposed;
 
     private ListenerHarness(IConnectionListenerFactory factory, IConnectionListener listener)
     {
@@ -34,9 +36,10 @@ internal sealed class ListenerHarness : IAsyncDisposable
     public static async Task<ListenerHarness> BindAsync(
         TransportKind kind,
         EndPoint? endpoint = null,
-        Action<ProactorTransportOptions>? configure = null)
+        Action<ProactorTransportOptions>? configure = null,
+        TrackingMemoryPool? memoryPool = null)
     {
-        IConnectionListenerFactory factory = ContractTransports.Create(kind, configure);
+        IConnectionListenerFactory factory = ContractTransports.Create(kind, configure, memoryPool);
         try
         {
             IConnectionListener listener = await factory.BindAsync(endpoint ?? new IPEndPoint(IPAddress.Loopback, 0)).DefaultTimeout();
@@ -93,12 +96,36 @@ internal sealed class ListenerHarness : IAsyncDisposable
         return (client, connection);
     }
 
+    /// <summary>Disposes a connection the test is done with; the harness will not dispose it again.</summary>
+    public async Task DisposeConnectionAsync(ConnectionContext connection)
+    {
+        lock (_gate)
+        {
+            _connections.Remove(connection);
+        }
+
+        await connection.DisposeAsync().DefaultTimeout();
+    }
+
+    /// <summary>Disposes the listener (without unbinding first); the harness will not touch it again.</summary>
+    public async Task DisposeListenerAsync()
+    {
+        _listenerDisposed = true;
+        await Listener.DisposeAsync().DefaultTimeout();
+    }
+
     public async ValueTask DisposeAsync()
     {
         Socket[] clients;
         ConnectionContext[] connections;
         lock (_gate)
         {
+            if (_disposed)
+            {
+                return;
+            }
+
+            _disposed = true;
             clients = [.. _clients];
             connections = [.. _connections];
         }
@@ -109,8 +136,12 @@ internal sealed class ListenerHarness : IAsyncDisposable
         }
 
         await Task.WhenAll(connections.Select(c => c.DisposeAsync().AsTask())).LongTimeout();
-        await Listener.UnbindAsync().DefaultTimeout();
-        await Listener.DisposeAsync().DefaultTimeout();
+        if (!_listenerDisposed)
+        {
+            await Listener.UnbindAsync().DefaultTimeout();
+            await Listener.DisposeAsync().DefaultTimeout();
+        }
+
         await DisposeFactoryAsync(Factory);
     }
 
