@@ -1,0 +1,136 @@
+using System.Net;
+using System.Net.Sockets;
+using KestrelProactor.Tests.Infrastructure;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Connections.Features;
+
+namespace KestrelProactor.Tests.Contract;
+
+/// <summary>Contract: a connection's endpoints, its feature collection, and the socket options set on accept.</summary>
+public sealed class ConnectionFeatureTests
+{
+    [Theory]
+    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
+    public async Task EndPoints_AcceptedConnection_MatchClientView(TransportKind kind)
+    {
+        // Arrange
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind);
+
+        // Act
+        (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+
+        // Assert
+        var local = Assert.IsType<IPEndPoint>(connection.LocalEndPoint);
+        var remote = Assert.IsType<IPEndPoint>(connection.RemoteEndPoint);
+        Assert.Equal(client.RemoteEndPoint, local);
+        Assert.Equal(client.LocalEndPoint, remote);
+    }
+
+    [Theory]
+    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
+    public async Task ConnectionId_TwoConnections_AreDistinctAndNonEmpty(TransportKind kind)
+    {
+        // Arrange
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind);
+
+        // Act
+        (_, ConnectionContext first) = await harness.ConnectAndAcceptAsync();
+        (_, ConnectionContext second) = await harness.ConnectAndAcceptAsync();
+
+        // Assert
+        Assert.False(string.IsNullOrEmpty(first.ConnectionId));
+        Assert.False(string.IsNullOrEmpty(second.ConnectionId));
+        Assert.NotEqual(first.ConnectionId, second.ConnectionId);
+    }
+
+    [Theory]
+    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
+    public async Task Features_AcceptedConnection_ExposeMemoryPool(TransportKind kind)
+    {
+        // Arrange
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind);
+
+        // Act
+        (_, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+        IMemoryPoolFeature? feature = connection.Features.Get<IMemoryPoolFeature>();
+
+        // Assert
+        Assert.NotNull(feature);
+        Assert.NotNull(feature.MemoryPool);
+    }
+
+    [Theory]
+    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
+    public async Task Features_SetArbitraryFeature_GetReturnsIt(TransportKind kind)
+    {
+        // Arrange
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind);
+        (_, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+        var feature = new ApplicationFeature();
+
+        // Act
+        connection.Features.Set(feature);
+        connection.Items["key"] = "value";
+
+        // Assert
+        Assert.Same(feature, connection.Features.Get<ApplicationFeature>());
+        Assert.Equal("value", connection.Items["key"]);
+    }
+
+    [Theory]
+    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
+    public async Task Features_AcceptedConnection_ExposeTheSocket(TransportKind kind)
+    {
+        // Arrange
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind);
+
+        // Act
+        (_, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+
+        // Assert: the socket transport has a Socket object; the proactor exposes the descriptor and its backend.
+        if (kind == TransportKind.Sockets)
+        {
+            IConnectionSocketFeature? socketFeature = connection.Features.Get<IConnectionSocketFeature>();
+            Assert.NotNull(socketFeature);
+            Assert.True(socketFeature.Socket.Connected);
+        }
+        else
+        {
+            IProactorConnectionFeature? proactorFeature = connection.Features.Get<IProactorConnectionFeature>();
+            Assert.NotNull(proactorFeature);
+            Assert.Equal("io_uring", proactorFeature.Backend);
+            Assert.InRange(proactorFeature.DispatcherId, 0, TransportFactories.CreateOptions(kind).DispatcherCount - 1);
+            Assert.False(proactorFeature.SocketHandle.IsInvalid);
+            Assert.False(proactorFeature.SocketHandle.IsClosed);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(ContractTransports.KindsAndBooleans), MemberType = typeof(ContractTransports))]
+    public async Task NoDelayOption_AcceptedConnection_SetsTcpNoDelayAccordingly(TransportKind kind, bool noDelay)
+    {
+        // Arrange
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, configure: o => o.NoDelay = noDelay);
+
+        // Act
+        (_, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+        bool actual;
+        if (kind == TransportKind.Sockets)
+        {
+            IConnectionSocketFeature? socketFeature = connection.Features.Get<IConnectionSocketFeature>();
+            Assert.NotNull(socketFeature);
+            actual = socketFeature.Socket.NoDelay;
+        }
+        else
+        {
+            IProactorConnectionFeature? proactorFeature = connection.Features.Get<IProactorConnectionFeature>();
+            Assert.NotNull(proactorFeature);
+            actual = SocketOptionReader.GetTcpNoDelay(proactorFeature.SocketHandle);
+        }
+
+        // Assert
+        Assert.Equal(noDelay, actual);
+    }
+
+    private sealed class ApplicationFeature;
+}

@@ -1,0 +1,99 @@
+using System.Reflection;
+using KestrelProactor.Tests.Infrastructure;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Server.Kestrel.Transport.Sockets;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
+
+namespace KestrelProactor.Tests.Contract;
+
+/// <summary>
+/// Listener factories for the contract tests. Unlike <see cref="TransportFactories.Create"/>, the socket transport
+/// also honours the options a test configures (the ones both transports share), so a test that depends on an
+/// option, such as back-pressure or <c>NoDelay</c>, checks the same setting on both.
+/// </summary>
+internal static class ContractTransports
+{
+    public static IConnectionListenerFactory Create(
+        TransportKind kind,
+        Action<ProactorTransportOptions>? configure = null,
+        TrackingMemoryPool? memoryPool = null)
+    {
+        if (kind != TransportKind.Sockets)
+        {
+            return TransportFactories.Create(kind, options =>
+            {
+                configure?.Invoke(options);
+                if (memoryPool is not null)
+                {
+                    options.MemoryPoolFactory = () => memoryPool;
+                }
+            });
+        }
+
+        ProactorTransportOptions shared = TransportFactories.CreateOptions(kind, configure);
+        var socketOptions = new SocketTransportOptions
+        {
+            Backlog = shared.Backlog,
+            NoDelay = shared.NoDelay,
+            MaxReadBufferSize = shared.MaxReadBufferSize,
+            MaxWriteBufferSize = shared.MaxWriteBufferSize,
+            UnsafePreferInlineScheduling = shared.UnsafePreferInlineScheduling,
+        };
+        if (memoryPool is not null)
+        {
+            SetSocketTransportMemoryPool(socketOptions, memoryPool);
+        }
+
+        return new SocketTransportFactory(Options.Create(socketOptions), NullLoggerFactory.Instance);
+    }
+
+    /// <summary>
+    /// The socket transport takes its pool from an internal option (Kestrel fills it from DI); setting it by
+    /// reflection lets the pool tests check themselves against the socket transport.
+    /// </summary>
+    private static void SetSocketTransportMemoryPool(SocketTransportOptions options, IMemoryPoolFactory<byte> factory)
+    {
+        PropertyInfo? property = typeof(SocketTransportOptions).GetProperty("MemoryPoolFactory", BindingFlags.Instance | BindingFlags.NonPublic | BindingFlags.Public);
+        Assert.SkipWhen(property is null || !property.PropertyType.IsAssignableFrom(factory.GetType()),
+            "This version of the socket transport has no MemoryPoolFactory option to inject a tracking pool through.");
+        property.SetValue(options, factory);
+    }
+
+    public static bool IsProactor(TransportKind kind) => kind != TransportKind.Sockets;
+
+    /// <summary>Every transport kind crossed with payload sizes on both sides of the usual buffer sizes.</summary>
+    public static TheoryData<TransportKind, int> KindsAndPayloadSizes
+    {
+        get
+        {
+            int[] sizes = [1, 4095, 4096, 4097, 16384, 16385, 1024 * 1024];
+            var data = new TheoryData<TransportKind, int>();
+            foreach (TransportKind kind in Enum.GetValues<TransportKind>())
+            {
+                foreach (int size in sizes)
+                {
+                    data.Add(kind, size);
+                }
+            }
+
+            return data;
+        }
+    }
+
+    /// <summary>Every transport kind crossed with both values of a boolean option.</summary>
+    public static TheoryData<TransportKind, bool> KindsAndBooleans
+    {
+        get
+        {
+            var data = new TheoryData<TransportKind, bool>();
+            foreach (TransportKind kind in Enum.GetValues<TransportKind>())
+            {
+                data.Add(kind, true);
+                data.Add(kind, false);
+            }
+
+            return data;
+        }
+    }
+}

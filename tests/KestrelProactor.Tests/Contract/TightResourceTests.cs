@@ -1,0 +1,78 @@
+using System.Net.Sockets;
+using KestrelProactor.Tests.Infrastructure;
+using Microsoft.AspNetCore.Connections;
+
+namespace KestrelProactor.Tests.Contract;
+
+/// <summary>
+/// The echo contract under the smallest resources the options allow, where a proactor's slow paths run: a full
+/// submission queue, an exhausted receive-buffer ring, one dispatcher for every connection. These options exist
+/// only on the proactor; the socket transport runs the same traffic as a check on the test itself.
+/// </summary>
+public sealed class TightResourceTests
+{
+    private const int ClientCount = 32;
+    private const int PayloadSize = 256 * 1024;
+
+    public static TheoryData<TransportKind, string> KindsAndConfigurations
+    {
+        get
+        {
+            var data = new TheoryData<TransportKind, string>();
+            foreach (TransportKind kind in Enum.GetValues<TransportKind>())
+            {
+                foreach (string configuration in s_configurations.Keys)
+                {
+                    data.Add(kind, configuration);
+                }
+            }
+
+            return data;
+        }
+    }
+
+    private static readonly Dictionary<string, Action<ProactorTransportOptions>> s_configurations = new()
+    {
+        ["TinySubmissionQueue"] = o => o.SubmissionQueueSize = 4,
+        ["TinyReceiveBufferRing"] = o =>
+        {
+            o.ReceiveBufferCount = 2;
+            o.ReceiveBufferSize = 512;
+        },
+        ["SingleDispatcher"] = o => o.DispatcherCount = 1,
+    };
+
+    [Theory]
+    [MemberData(nameof(KindsAndConfigurations))]
+    public async Task TransportPipes_ConcurrentEchoesWithTightResources_AllIntact(TransportKind kind, string configuration)
+    {
+        // Arrange
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, configure: s_configurations[configuration]);
+        Task<Task[]> acceptLoop = Task.Run(async () =>
+        {
+            var echoes = new Task[ClientCount];
+            for (int i = 0; i < ClientCount; i++)
+            {
+                ConnectionContext connection = await harness.AcceptAsync();
+                echoes[i] = ServerPipes.EchoAsync(connection);
+            }
+
+            return echoes;
+        }, TestContext.Current.CancellationToken);
+
+        // Act
+        Task<bool>[] clients = Enumerable.Range(0, ClientCount).Select(i => Task.Run(async () =>
+        {
+            byte[] payload = RawClient.CreatePayload(PayloadSize, seed: i);
+            Socket client = await harness.ConnectAsync();
+            byte[] echoed = await RawClient.ExchangeAsync(client, payload);
+            return echoed.Length == payload.Length && RawClient.Hash(echoed) == RawClient.Hash(payload);
+        }, TestContext.Current.CancellationToken)).ToArray();
+
+        bool[] intact = await Task.WhenAll(clients).LongTimeout();
+        await Task.WhenAll(await acceptLoop.LongTimeout()).LongTimeout();
+
+        // Assert
+        Assert.All(intact, Assert.True);
+    }
+}

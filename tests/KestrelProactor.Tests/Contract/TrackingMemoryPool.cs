@@ -1,0 +1,96 @@
+using System.Buffers;
+using Microsoft.AspNetCore.Connections;
+
+namespace KestrelProactor.Tests.Contract;
+
+/// <summary>
+/// A memory pool that never reuses a block, counts blocks still out, and poisons each block when it is returned, so
+/// a block returned twice, never returned, or written after its return (by a late kernel completion, say) is caught.
+/// </summary>
+internal sealed class TrackingMemoryPool : MemoryPool<byte>, IMemoryPoolFactory<byte>
+{
+    public const int BlockSize = 4096;
+    private const byte Poison = 0xDD;
+
+    private readonly Lock _gate = new();
+    private readonly List<byte[]> _returned = [];
+    private readonly List<string> _errors = [];
+    private int _outstanding;
+    private int _rented;
+
+    public override int MaxBufferSize => BlockSize;
+
+    public int Outstanding => Volatile.Read(ref _outstanding);
+
+    public int Rented => Volatile.Read(ref _rented);
+
+    public override IMemoryOwner<byte> Rent(int minBufferSize = -1)
+    {
+        // Larger requests are served too (a pool may be asked for more than MaxBufferSize); they are just as tracked.
+        int size = Math.Max(minBufferSize, BlockSize);
+        Interlocked.Increment(ref _rented);
+        Interlocked.Increment(ref _outstanding);
+        return new Block(this, GC.AllocateArray<byte>(size, pinned: true));
+    }
+
+    /// <summary>The problems seen so far: double returns and blocks written after their return.</summary>
+    public IReadOnlyList<string> CollectErrors()
+    {
+        lock (_gate)
+        {
+            var errors = new List<string>(_errors);
+            int written = _returned.Count(block => block.AsSpan().ContainsAnyExcept(Poison));
+            if (written > 0)
+            {
+                errors.Add($"{written} block(s) were written after they were returned to the pool.");
+            }
+
+            return errors;
+        }
+    }
+
+    MemoryPool<byte> IMemoryPoolFactory<byte>.Create(MemoryPoolOptions? options) => this;
+
+    // Disposing the pool is the owner's business; blocks are checked by CollectErrors, not freed here.
+    protected override void Dispose(bool disposing)
+    {
+    }
+
+    private void Return(byte[] block)
+    {
+        block.AsSpan().Fill(Poison);
+        lock (_gate)
+        {
+            _returned.Add(block);
+        }
+
+        Interlocked.Decrement(ref _outstanding);
+    }
+
+    private void ReportDoubleReturn()
+    {
+        lock (_gate)
+        {
+            _errors.Add("A block was returned twice.");
+        }
+    }
+
+    // Array-backed like Kestrel's own pool blocks: the socket transport's scatter/gather sends require arrays.
+    private sealed class Block(TrackingMemoryPool pool, byte[] array) : IMemoryOwner<byte>
+    {
+        private int _returned;
+
+        public Memory<byte> Memory => array;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _returned, 1) != 0)
+            {
+                pool.ReportDoubleReturn();
+                return;
+            }
+
+            pool.Return(array);
+        }
+    }
+}
