@@ -303,5 +303,9 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     /// <summary>Makes the coming close send RST instead of FIN (SO_LINGER with a zero time-out).</summary>
     public abstract void SetAbortiveClose(ProactorConnection connection);
 
-    public abstract EndPoint? GetEndPoint(ProactorConnection connection, bool local);
+    /// <summary>
+    /// Looks up a socket's local or peer address. False when the socket has none (a peer that already reset);
+    /// true with a null endpoint for an unnamed Unix socket.
+    /// </summary>
+    public abstract bool TryGetEndPoint(SafeHandle socket, bool local, out EndPoint? endPoint);
 }

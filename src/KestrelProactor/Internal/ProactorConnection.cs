@@ -38,17 +38,15 @@ internal sealed partial class ProactorConnection : ConnectionContext,
     private readonly TaskCompletionSource _closedTcs = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private IDictionary<object, object?>? _items;
     private string? _connectionId;
-    private EndPoint? _localEndPoint;
-    private EndPoint? _remoteEndPoint;
-    private bool _localResolved;
-    private bool _remoteResolved;
     private int _started;
 
-    public ProactorConnection(ProactorDispatcher dispatcher, SafeHandle socket, bool isTcp, ILogger logger)
+    public ProactorConnection(ProactorDispatcher dispatcher, SafeHandle socket, bool isTcp, EndPoint? localEndPoint, EndPoint? remoteEndPoint, ILogger logger)
     {
         Dispatcher = dispatcher;
         Socket = socket;
         IsTcp = isTcp;
+        LocalEndPoint = localEndPoint;
+        RemoteEndPoint = remoteEndPoint;
         _logger = logger;
 
         ProactorTransportOptions options = dispatcher.Options;
@@ -120,43 +118,9 @@ internal sealed partial class ProactorConnection : ConnectionContext,
     /// <summary>Fires after the descriptor is closed. Settable, as on Kestrel's own transports.</summary>
     public override CancellationToken ConnectionClosed { get; set; }
 
-    public override EndPoint? LocalEndPoint
-    {
-        get
-        {
-            if (!_localResolved)
-            {
-                _localEndPoint = Dispatcher.GetEndPoint(this, local: true);
-                _localResolved = true;
-            }
+    public override EndPoint? LocalEndPoint { get; set; }
 
-            return _localEndPoint;
-        }
-        set
-        {
-            _localEndPoint = value;
-            _localResolved = true;
-        }
-    }
-
-    public override EndPoint? RemoteEndPoint
-    {
-        get
-        {
-            if (!_remoteResolved)
-            {
-                _remoteEndPoint = Dispatcher.GetEndPoint(this, local: false);
-                _remoteResolved = true;
-            }
-
-            return _remoteEndPoint;
-        }
-        set
-        {
-            _remoteEndPoint = value;
-            _remoteResolved = true;
-        }
-    }
+    public override EndPoint? RemoteEndPoint { get; set; }
 
     MemoryPool<byte> IMemoryPoolFeature.MemoryPool => Dispatcher.MemoryPool;
 

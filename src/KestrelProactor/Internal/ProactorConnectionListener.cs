@@ -117,12 +117,23 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
             }
             else
             {
-                ProactorDispatcher target = _backend.NextDispatcher();
-                target.ConfigureAcceptedSocket(acceptedSocket, _isTcp && _options.NoDelay);
-                var connection = new ProactorConnection(target, acceptedSocket, _isTcp, _logger);
-                if (!_accepted.Writer.TryWrite(connection))
+                // Kestrel reads both endpoints of every connection at its start, so they are looked up here
+                // once. A peer that is already gone (reset while it waited in the backlog) has no remote
+                // address: that connection is dropped and the next one accepted, as the contract asks.
+                if (!_acceptDispatcher.TryGetEndPoint(acceptedSocket, local: false, out EndPoint? remote) ||
+                    !_acceptDispatcher.TryGetEndPoint(acceptedSocket, local: true, out EndPoint? local))
                 {
                     acceptedSocket.Dispose();
+                }
+                else
+                {
+                    ProactorDispatcher target = _backend.NextDispatcher();
+                    target.ConfigureAcceptedSocket(acceptedSocket, _isTcp && _options.NoDelay);
+                    var connection = new ProactorConnection(target, acceptedSocket, _isTcp, local, remote, _logger);
+                    if (!_accepted.Writer.TryWrite(connection))
+                    {
+                        acceptedSocket.Dispose();
+                    }
                 }
             }
         }

@@ -551,36 +551,21 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
         }
     }
 
-    public override EndPoint? GetEndPoint(ProactorConnection connection, bool local)
+    public override bool TryGetEndPoint(SafeHandle socket, bool local, out EndPoint? endPoint)
     {
-        SafeHandle handle = connection.Socket;
-        bool added = false;
-        try
+        const int MaxAddress = 128;
+        byte* buffer = stackalloc byte[MaxAddress];
+        uint length = MaxAddress;
+        int fd = FdOf(socket);
+        int result = local ? Sys.getsockname(fd, buffer, &length) : Sys.getpeername(fd, buffer, &length);
+        if (result != 0 || length < 2)
         {
-            handle.DangerousAddRef(ref added);
-            const int MaxAddress = 128;
-            byte* buffer = stackalloc byte[MaxAddress];
-            uint length = MaxAddress;
-            int fd = FdOf(handle);
-            int result = local ? Sys.getsockname(fd, buffer, &length) : Sys.getpeername(fd, buffer, &length);
-            if (result != 0 || length < 2)
-            {
-                return null;
-            }
+            endPoint = null;
+            return false;
+        }
 
-            return SocketAddressConverter.ToEndPoint(new ReadOnlySpan<byte>(buffer, (int)Math.Min(length, MaxAddress)));
-        }
-        catch (ObjectDisposedException)
-        {
-            return null;
-        }
-        finally
-        {
-            if (added)
-            {
-                handle.DangerousRelease();
-            }
-        }
+        endPoint = SocketAddressConverter.ToEndPoint(new ReadOnlySpan<byte>(buffer, (int)Math.Min(length, MaxAddress)));
+        return true;
     }
 
     private static IoResult ToResult(int res)
