@@ -164,7 +164,7 @@ public sealed class ConnectionShutdownTests
         // Act
         await harness.DisposeConnectionAsync(connection);
 
-        // Assert: the descriptor is closed by the time DisposeAsync returns, so the client sees the end of the stream.
+        // Assert: disposing completes the output, which is a graceful close: FIN, not RST.
         await closed.DefaultTimeout();
         Assert.Empty(await RawClient.ReceiveToEndAsync(client));
     }

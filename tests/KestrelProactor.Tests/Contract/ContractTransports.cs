@@ -2,6 +2,7 @@ using System.Reflection;
 using KestrelProactor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Server.Kestrel.Transport.Sockets;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 
@@ -10,25 +11,27 @@ namespace KestrelProactor.Tests.Contract;
 /// <summary>
 /// Listener factories for the contract tests. Unlike <see cref="TransportFactories.Create"/>, the socket transport
 /// also honours the options a test configures (the ones both transports share), so a test that depends on an
-/// option, such as back-pressure or <c>NoDelay</c>, checks the same setting on both.
+/// option, such as back-pressure or <c>NoDelay</c>, checks the same setting on both; and either transport can be
+/// given a tracking memory pool and a capturing logger.
 /// </summary>
 internal static class ContractTransports
 {
     public static IConnectionListenerFactory Create(
         TransportKind kind,
         Action<ProactorTransportOptions>? configure = null,
-        TrackingMemoryPool? memoryPool = null)
+        TrackingMemoryPool? memoryPool = null,
+        ILoggerFactory? loggerFactory = null)
     {
+        loggerFactory ??= NullLoggerFactory.Instance;
         if (kind != TransportKind.Sockets)
         {
-            return TransportFactories.Create(kind, options =>
+            ProactorTransportOptions options = TransportFactories.CreateOptions(kind, configure);
+            if (memoryPool is not null)
             {
-                configure?.Invoke(options);
-                if (memoryPool is not null)
-                {
-                    options.MemoryPoolFactory = () => memoryPool;
-                }
-            });
+                options.MemoryPoolFactory = () => memoryPool;
+            }
+
+            return new ProactorTransportFactory(Options.Create(options), loggerFactory);
         }
 
         ProactorTransportOptions shared = TransportFactories.CreateOptions(kind, configure);
@@ -45,7 +48,7 @@ internal static class ContractTransports
             SetSocketTransportMemoryPool(socketOptions, memoryPool);
         }
 
-        return new SocketTransportFactory(Options.Create(socketOptions), NullLoggerFactory.Instance);
+        return new SocketTransportFactory(Options.Create(socketOptions), loggerFactory);
     }
 
     /// <summary>

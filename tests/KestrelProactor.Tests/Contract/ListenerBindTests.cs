@@ -39,9 +39,13 @@ public sealed class ListenerBindTests
         ConnectionContext connection = await harness.AcceptAsync();
         byte[] echoed = await ExchangeOneMessageAsync(client, connection);
 
-        // Assert
+        // Assert: the server sees the IPv4 client as an IPv4-mapped IPv6 address on a dual-mode socket.
         Assert.NotEqual(0, bound.Port);
         Assert.Equal(AddressFamily.InterNetwork, client.AddressFamily);
+        var remote = Assert.IsType<IPEndPoint>(connection.RemoteEndPoint);
+        IPAddress remoteAddress = remote.Address.IsIPv4MappedToIPv6 ? remote.Address.MapToIPv4() : remote.Address;
+        Assert.Equal(IPAddress.Loopback, remoteAddress);
+        Assert.Equal(((IPEndPoint)client.LocalEndPoint!).Port, remote.Port);
         Assert.Equal("dual-mode"u8.ToArray(), echoed);
     }
 

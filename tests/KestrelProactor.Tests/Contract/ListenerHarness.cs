@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using KestrelProactor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Connections;
+using Microsoft.Extensions.Logging;
 
 namespace KestrelProactor.Tests.Contract;
 
@@ -37,9 +38,10 @@ internal sealed class ListenerHarness : IAsyncDisposable
         TransportKind kind,
         EndPoint? endpoint = null,
         Action<ProactorTransportOptions>? configure = null,
-        TrackingMemoryPool? memoryPool = null)
+        TrackingMemoryPool? memoryPool = null,
+        ILoggerFactory? loggerFactory = null)
     {
-        IConnectionListenerFactory factory = ContractTransports.Create(kind, configure, memoryPool);
+        IConnectionListenerFactory factory = ContractTransports.Create(kind, configure, memoryPool, loggerFactory);
         try
         {
             IConnectionListener listener = await factory.BindAsync(endpoint ?? new IPEndPoint(IPAddress.Loopback, 0)).DefaultTimeout();

@@ -1,0 +1,69 @@
+using System.IO.Pipelines;
+using System.Net.Sockets;
+using KestrelProactor.Tests.Infrastructure;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.Extensions.Logging;
+
+namespace KestrelProactor.Tests.Contract;
+
+/// <summary>
+/// Contract: what a client does to its own connection (reset it, stop reading, get aborted) is routine for a server
+/// and is logged at Debug; Warning and Error are for the transport's own failures.
+/// </summary>
+public sealed class LoggingTests
+{
+    [Theory]
+    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
+    public async Task Input_PeerResets_LogsNothingAboveDebug(TransportKind kind)
+    {
+        // Arrange
+        var logs = new CapturingLoggerFactory();
+        ListenerHarness harness = await ListenerHarness.BindAsync(kind, loggerFactory: logs);
+        await using (harness)
+        {
+            (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+            Task<ReadResult> pendingRead = connection.Transport.Input.ReadAsync(TestContext.Current.CancellationToken).AsTask();
+
+            // Act
+            RawClient.Reset(client);
+            await Assert.ThrowsAsync<ConnectionResetException>(() => pendingRead.DefaultTimeout());
+            await harness.DisposeAsync();
+        }
+
+        // Assert
+        WriteEntries(logs);
+        Assert.DoesNotContain(logs.Entries, entry => entry.Level > LogLevel.Debug);
+    }
+
+    [Theory]
+    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
+    public async Task Abort_WhileLargeSendIsBlocked_LogsNothingAboveDebug(TransportKind kind)
+    {
+        // Arrange
+        var logs = new CapturingLoggerFactory();
+        ListenerHarness harness = await ListenerHarness.BindAsync(kind, loggerFactory: logs);
+        await using (harness)
+        {
+            (_, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+            Task<FlushResult> write = connection.Transport.Output.WriteAsync(RawClient.CreatePayload(8 * 1024 * 1024), TestContext.Current.CancellationToken).AsTask();
+            await Task.Delay(300, TestContext.Current.CancellationToken);
+
+            // Act
+            connection.Abort(new ConnectionAbortedException("The test aborted a blocked send."));
+            await Record.ExceptionAsync(() => write.DefaultTimeout());
+            await harness.DisposeAsync();
+        }
+
+        // Assert
+        WriteEntries(logs);
+        Assert.DoesNotContain(logs.Entries, entry => entry.Level > LogLevel.Debug);
+    }
+
+    private static void WriteEntries(CapturingLoggerFactory logs)
+    {
+        foreach (CapturingLoggerFactory.LogEntry entry in logs.Entries)
+        {
+            TestContext.Current.TestOutputHelper?.WriteLine(entry.ToString());
+        }
+    }
+}
