@@ -243,7 +243,15 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
                 listener.StopAccepting();
             }
         }, this);
-        await _acceptStopped.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await _acceptStopped.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            // The host gave up waiting (a stop with an expired token): the unbind still completes on the
+            // dispatcher, and AcceptAsync already returns null.
+        }
     }
 
     /// <summary>Runs on the accept dispatcher once no accept is in flight.</summary>

@@ -28,7 +28,7 @@ internal static partial class ProactorLog
     [LoggerMessage(7, LogLevel.Debug, "Connection {ConnectionId} closed its write side after the application completed (FIN sent).", EventName = "ConnectionWriteFin")]
     public static partial void ConnectionWriteFin(ILogger logger, string connectionId);
 
-    [LoggerMessage(8, LogLevel.Debug, "Connection {ConnectionId} aborted: {Reason}. Sending RST.", EventName = "ConnectionWriteRst")]
+    [LoggerMessage(8, LogLevel.Debug, "Connection {ConnectionId} aborted ({Reason}); sending RST.", EventName = "ConnectionWriteRst")]
     public static partial void ConnectionWriteRst(ILogger logger, string connectionId, string reason);
 
     [LoggerMessage(9, LogLevel.Debug, "Connection {ConnectionId} failed: {Operation} completed with {Error}.", EventName = "ConnectionError")]
