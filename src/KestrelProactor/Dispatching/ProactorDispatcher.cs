@@ -248,7 +248,49 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
         }
     }
 
-    /// <summary>Runs a completion handler; a throw aborts the owner instead of the dispatcher.</summary>
+    /// <summary>
+    /// Routes one completion to its owner's handler, the same way for every backend. A handler that throws
+    /// aborts its owner (see <see cref="OnHandlerFault"/>); either way a closing connection then moves on.
+    /// </summary>
+    /// <param name="owner">The owner found in the operation table.</param>
+    /// <param name="kind">The operation that completed.</param>
+    /// <param name="result">Bytes or descriptor, or the error.</param>
+    /// <param name="more">A multishot operation stays armed.</param>
+    /// <param name="receivedData">For a receive into a backend buffer: the bytes (copied before this returns).</param>
+    /// <param name="acceptedSocket">For an accept: the new socket, owned by the handler from here.</param>
+    protected void DispatchCompletion(IOperationOwner owner, OperationKind kind, IoResult result, bool more, ReadOnlySpan<byte> receivedData, SafeHandle? acceptedSocket)
+    {
+        var connection = owner as ProactorConnection;
+        try
+        {
+            switch (kind)
+            {
+                case OperationKind.Accept:
+                    ((ProactorConnectionListener)owner).OnAcceptCompleted(result, acceptedSocket, more);
+                    break;
+                case OperationKind.Receive:
+                    connection!.OnReceiveCompleted(result, receivedData, more);
+                    break;
+                case OperationKind.Send:
+                    connection!.OnSendCompleted(result);
+                    break;
+                case OperationKind.Shutdown:
+                    connection!.OnShutdownCompleted(result);
+                    break;
+                case OperationKind.Close:
+                    connection!.OnCloseCompleted(result);
+                    break;
+            }
+        }
+        catch (Exception ex)
+        {
+            OnHandlerFault(owner, kind, ex);
+        }
+
+        connection?.AdvanceClose();
+    }
+
+    /// <summary>Runs after a completion handler threw; the owner is aborted instead of the dispatcher.</summary>
     protected void OnHandlerFault(IOperationOwner owner, OperationKind kind, Exception exception)
     {
         HandlerFaults++;

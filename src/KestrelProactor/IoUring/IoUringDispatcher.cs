@@ -233,41 +233,28 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
             return;
         }
 
-        try
+        switch (kind)
         {
-            switch (kind)
-            {
-                case OperationKind.Accept:
-                    var listener = (ProactorConnectionListener)owner;
-                    listener.OnAcceptCompleted(ToResult(cqe.res), cqe.res >= 0 ? new SafeFileDescriptorHandle(cqe.res) : null, more);
-                    break;
-                case OperationKind.Receive:
-                    OnReceiveCompletion((ProactorConnection)owner, cqe);
-                    break;
-                case OperationKind.Send:
-                    var sender = (ProactorConnection)owner;
-                    ReturnSendBlock(sender);
-                    sender.OnSendCompleted(ToResult(cqe.res));
-                    break;
-                case OperationKind.Shutdown:
-                    ((ProactorConnection)owner).OnShutdownCompleted(ToResult(cqe.res));
-                    break;
-                case OperationKind.Close:
-                    ((ProactorConnection)owner).OnCloseCompleted(ToResult(cqe.res));
-                    break;
-            }
-
-            (owner as ProactorConnection)?.AdvanceClose();
-        }
-        catch (Exception ex)
-        {
-            OnHandlerFault(owner, kind, ex);
-            (owner as ProactorConnection)?.AdvanceClose();
+            case OperationKind.Receive:
+                OnReceiveCompletion(owner, cqe);
+                break;
+            case OperationKind.Send:
+                ReturnSendBlock((ProactorConnection)owner);
+                DispatchCompletion(owner, kind, ToResult(cqe.res), more, default, null);
+                break;
+            case OperationKind.Accept:
+                DispatchCompletion(owner, kind, ToResult(cqe.res), more, default, cqe.res >= 0 ? new SafeFileDescriptorHandle(cqe.res) : null);
+                break;
+            default:
+                DispatchCompletion(owner, kind, ToResult(cqe.res), more, default, null);
+                break;
         }
     }
 
-    private void OnReceiveCompletion(ProactorConnection connection, in io_uring_cqe cqe)
+    private void OnReceiveCompletion(IOperationOwner owner, in io_uring_cqe cqe)
     {
+        var connection = (ProactorConnection)owner;
+        bool more = (cqe.flags & IORING_CQE_F_MORE) != 0;
         if (cqe.res == -Errno.ENOBUFS && (cqe.flags & IORING_CQE_F_MORE) == 0)
         {
             // Every buffer of the ring was in use when data arrived. Nothing was lost: the data waits in the
@@ -284,7 +271,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
             try
             {
                 ReadOnlySpan<byte> data = _bufferRing!.GetData(bufferId, Math.Max(cqe.res, 0));
-                connection.OnReceiveCompleted(ToResult(cqe.res), data, (cqe.flags & IORING_CQE_F_MORE) != 0);
+                DispatchCompletion(owner, OperationKind.Receive, ToResult(cqe.res), more, data, null);
             }
             finally
             {
@@ -294,7 +281,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
             return;
         }
 
-        connection.OnReceiveCompleted(ToResult(cqe.res), ReadOnlySpan<byte>.Empty, (cqe.flags & IORING_CQE_F_MORE) != 0);
+        DispatchCompletion(owner, OperationKind.Receive, ToResult(cqe.res), more, default, null);
     }
 
     private void RetryStarvedReceives()
@@ -311,8 +298,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
             if (connection.IsClosing)
             {
                 // Closed while waiting for buffers: end the receive as cancelled, which lets the close go on.
-                connection.OnReceiveCompleted(ToResult(-Errno.ECANCELED), ReadOnlySpan<byte>.Empty, more: false);
-                connection.AdvanceClose();
+                DispatchCompletion(connection, OperationKind.Receive, ToResult(-Errno.ECANCELED), more: false, default, null);
             }
             else
             {
