@@ -48,6 +48,16 @@ internal static class E2EApp
             await context.Request.Body.CopyToAsync(context.Response.Body, context.RequestAborted);
         });
 
+        // Reads the whole body before answering. Many concurrent streaming echoes on one HTTP/2 connection can
+        // deadlock on flow control by design (each side waits for the other to read), whatever the transport.
+        endpoints.MapPost("/echo-buffered", static async (HttpContext context) =>
+        {
+            using var body = new MemoryStream();
+            await context.Request.Body.CopyToAsync(body, context.RequestAborted);
+            context.Response.ContentType = "application/octet-stream";
+            await context.Response.Body.WriteAsync(body.GetBuffer().AsMemory(0, (int)body.Length), context.RequestAborted);
+        });
+
         // Takes HttpRequest, not HttpContext: a lambda over HttpContext alone would bind as a RequestDelegate
         // and its result would be dropped instead of written as JSON.
         endpoints.MapPost("/sha256", static (HttpRequest request) => ReportBodyAsync(request));

@@ -45,7 +45,7 @@ public sealed class TlsAndHttp2Tests
         var responses = await Task.WhenAll(Enumerable.Range(0, 20).Select(async i =>
         {
             byte[] body = PatternData.Create(100_000 + i, seed: 200 + i);
-            using var response = await client.PostAsync("/echo", new ByteArrayContent(body), TestContext.Current.CancellationToken);
+            using var response = await client.PostAsync("/echo-buffered", new ByteArrayContent(body), TestContext.Current.CancellationToken);
             Assert.Equal(body, await response.Content.ReadAsByteArrayAsync(TestContext.Current.CancellationToken));
             return (response.Version, response.StatusCode, Transport: response.Headers.GetValues(E2EApp.TransportHeader).Single());
         })).LongTimeout();
