@@ -14,26 +14,28 @@ REPO_DIR="$(dirname "$PERF_DIR")"
 usage() {
   cat <<'EOF'
 usage: perf/run.sh [--quick] [--allow-fallback] [--pin] [--rounds N] [--duration S] [--warmup S]
-                   [--dispatchers N] [--only a,b,...] [--fault MODE] [--port P] [--no-build]
+                   [--dispatchers N] [--only a,b,...] [--fault MODE] [--port P] [--fresh-servers] [--no-build]
   --quick           CI smoke test: 1 round, 2 s runs, 1,000 idle connections, 64 MiB transfers (< 2 min)
   --allow-fallback  accept a proactor server whose backend fell back to "sockets" (labelled in the report)
   --pin             server on CPU 0, load generators on CPU 1 (taskset); one wrk/h2load thread
   --rounds N        alternating rounds per scenario (default 3; quick 1)
   --duration S      seconds measured per wrk/h2load run (default 5; quick 2)
-  --warmup S        seconds of the same load before each measured run (default 2; quick 1)
+  --warmup S        seconds of the same load before each measured run, 0 for none (default 2; quick 0)
   --dispatchers N   proactor DispatcherCount (default: the transport's default, the CPU count)
   --only LIST       run only these scenarios (comma-separated ids, see --list)
   --list            print the scenario ids and exit
   --fault MODE      start every server with --fault MODE (status500, corrupt-bytes, crash) to prove the
                     checks fail; the report then must show errors and the exit status must be 1
-  --port P          first loopback port (default 5200; P+1 serves h2c)
+  --fresh-servers   start a new server for every run (default: one server per transport and scheduling
+                    mode, kept across scenarios; idle-memory always gets fresh ones)
+  --port P          first loopback port (default 5200); servers use P..P+7 (odd ports serve h2c)
   --no-build        use the existing Release build
 EOF
 }
 
 # ---------------------------------------------------------------- options
 QUICK=0; ALLOW_FALLBACK=0; PIN=0; ROUNDS=""; DURATION=""; WARMUP=""; DISPATCHERS=""; ONLY=""; FAULT="none"
-PORT=5200; BUILD=1; LIST=0
+PORT=5200; BUILD=1; LIST=0; FRESH=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -47,6 +49,7 @@ while [[ $# -gt 0 ]]; do
     --fault) FAULT="${2:?--fault needs a value}"; shift ;;
     --port) PORT="${2:?--port needs a value}"; shift ;;
     --no-build) BUILD=0 ;;
+    --fresh-servers) FRESH=1 ;;
     --list) LIST=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown option '$1'" >&2; usage >&2; exit 2 ;;
@@ -55,16 +58,16 @@ while [[ $# -gt 0 ]]; do
 done
 
 if [[ $QUICK -eq 1 ]]; then
-  : "${ROUNDS:=1}" "${DURATION:=2}" "${WARMUP:=1}"
+  : "${ROUNDS:=1}" "${DURATION:=2}" "${WARMUP:=0}"   # no warm-up: the functional checks warm the kept servers
   IDLE_CONNECTIONS=1000; TRANSFER_BYTES=$((64 * 1024 * 1024)); WS_MESSAGES=200
 else
   : "${ROUNDS:=3}" "${DURATION:=5}" "${WARMUP:=2}"
   IDLE_CONNECTIONS=10000; TRANSFER_BYTES=$((1024 * 1024 * 1024)); WS_MESSAGES=1000
 fi
-for n in "$ROUNDS" "$DURATION" "$WARMUP" "$PORT" ${DISPATCHERS:+"$DISPATCHERS"}; do
+for n in "$ROUNDS" "$DURATION" "$PORT" ${DISPATCHERS:+"$DISPATCHERS"}; do
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: '$n' is not a positive integer" >&2; exit 2; }
 done
-H2_PORT=$((PORT + 1))
+[[ "$WARMUP" =~ ^[0-9]+$ ]] || { echo "run.sh: --warmup '$WARMUP' is not a non-negative integer" >&2; exit 2; }
 
 # Scenario table: id | tool | what it runs. Inline scenarios start both servers with --inline.
 SCENARIOS=(
@@ -128,12 +131,10 @@ CLIENT_DLL="$PERF_DIR/LoadClient/bin/Release/net10.0/KestrelProactor.Perf.LoadCl
 REPORT_DLL="$PERF_DIR/Report/bin/Release/net10.0/KestrelProactor.Perf.Report.dll"
 CHART_DLL="$PERF_DIR/Chart/bin/Release/net10.0/KestrelProactor.Perf.Chart.dll"
 if [[ $BUILD -eq 1 ]]; then
-  for project in BenchmarkServer LoadClient Report Chart; do
-    echo "run.sh: building perf/$project (Release)"
-    if ! dotnet build "$PERF_DIR/$project" -c Release -nologo -v q >"/tmp/perf-build-$project.log" 2>&1; then
-      tail -30 "/tmp/perf-build-$project.log" >&2; echo "run.sh: build of perf/$project failed" >&2; exit 2
-    fi
-  done
+  echo "run.sh: building perf/perf.slnf (Release)"
+  if ! dotnet build "$PERF_DIR/perf.slnf" -c Release -nologo -v q >"/tmp/perf-build.log" 2>&1; then
+    tail -30 /tmp/perf-build.log >&2; echo "run.sh: the Release build failed (log: /tmp/perf-build.log)" >&2; exit 2
+  fi
 fi
 for dll in "$SERVER_DLL" "$CLIENT_DLL" "$REPORT_DLL" "$CHART_DLL"; do
   [[ -f "$dll" ]] || { echo "run.sh: $dll is missing (run without --no-build)" >&2; exit 2; }
@@ -165,17 +166,20 @@ record_error() {
 }
 
 # ---------------------------------------------------------------- server lifecycle
-SERVER_PID=""; SERVER_BACKEND=""; SERVER_LOG=""; SERVER_RUNTIME=""
+# The current server: set by acquire_server, read by every run_* function.
+SERVER_PID=""; SERVER_BACKEND=""; SERVER_LOG=""; SERVER_RUNTIME=""; SRV_PORT=""; SRV_H2_PORT=""
+# Servers kept across scenarios, keyed "transport-inline" (unless --fresh-servers).
+declare -A KEPT_PID KEPT_LOG KEPT_BACKEND KEPT_RUNTIME KEPT_LAST
 
 # start_server TRANSPORT INLINE(0|1) SCENARIO ROUND -> 0 when ready and on the requested transport.
 start_server() {
   local transport=$1 inline=$2 scenario=$3 round=$4
-  SERVER_LOG="$WORK/server-$scenario-$round-$transport.log"
+  SERVER_LOG="$WORK/server-$scenario-$round-$transport$([[ $inline -eq 1 ]] && echo -inline).log"
   SERVER_BACKEND=""; SERVER_PID=""
-  local args=(--transport "$transport" --port "$PORT" --h2-port "$H2_PORT" --fault "$FAULT")
+  local args=(--transport "$transport" --port "$SRV_PORT" --h2-port "$SRV_H2_PORT" --fault "$FAULT")
   [[ $inline -eq 1 ]] && args+=(--inline)
   [[ -n "$DISPATCHERS" ]] && args+=(--dispatchers "$DISPATCHERS")
-  DOTNET_gcServer=1 "${SERVER_PIN[@]}" dotnet "$SERVER_DLL" "${args[@]}" >"$SERVER_LOG" 2>&1 &
+  "${SERVER_PIN[@]}" dotnet "$SERVER_DLL" "${args[@]}" >"$SERVER_LOG" 2>&1 &
   SERVER_PID=$!
   local ready=""
   for _ in $(seq 1 300); do   # 30 s at most
@@ -206,7 +210,7 @@ start_server() {
     return 1
   fi
   # The connection itself must agree with the factory: a proactor connection carries IProactorConnectionFeature.
-  local served; served="$(curl -sS --max-time 5 "http://127.0.0.1:$PORT/transport" 2>&1 | cut -d' ' -f1)"
+  local served; served="$(curl -sS --max-time 5 "http://127.0.0.1:$SRV_PORT/transport" 2>&1 | cut -d' ' -f1)"
   if [[ "$served" != "$SERVER_BACKEND" ]]; then
     record_error "$scenario" "$round" "$transport" "factory reports backend=$SERVER_BACKEND but a connection was served by '$served'"
     stop_server "$scenario" "$round" "$transport" quiet
@@ -221,7 +225,7 @@ stop_server() {
   [[ -z "$SERVER_PID" ]] && return 0
   if ! kill -0 "$SERVER_PID" 2>/dev/null; then
     wait "$SERVER_PID" 2>/dev/null; local code=$?
-    [[ -z "$quiet" ]] && record_error "$scenario" "$round" "$transport" "server died during the run (exit $code): $(tail -2 "$SERVER_LOG" | tr '\n' ' ')"
+    [[ -z "$quiet" ]] && record_error "$scenario" "$round" "$transport" "server died (exit $code): $(tail -2 "$SERVER_LOG" | tr '\n' ' ')"
     SERVER_PID=""; return 1
   fi
   kill -TERM "$SERVER_PID" 2>/dev/null
@@ -234,7 +238,60 @@ stop_server() {
   SERVER_PID=""
   return 0
 }
-cleanup() { [[ -n "$SERVER_PID" ]] && kill -KILL "$SERVER_PID" 2>/dev/null; [[ -n "${IDLE_PID:-}" ]] && kill -KILL "$IDLE_PID" 2>/dev/null; }
+
+# use_kept KEY: make the kept server KEY the current one.
+use_kept() {
+  SERVER_PID="${KEPT_PID[$1]}"; SERVER_LOG="${KEPT_LOG[$1]}"; SERVER_BACKEND="${KEPT_BACKEND[$1]}"; SERVER_RUNTIME="${KEPT_RUNTIME[$1]}"
+}
+
+# forget_kept KEY SCENARIO ROUND TRANSPORT: stop the kept server KEY (an error if it had died) and drop it.
+forget_kept() {
+  [[ -z "${KEPT_PID[$1]:-}" ]] && return 0
+  use_kept "$1"
+  stop_server "$2" "$3" "$4"
+  unset "KEPT_PID[$1]"
+}
+
+# acquire_server TRANSPORT INLINE SCENARIO ROUND FRESH(0|1): a ready server, kept or new. Each transport and
+# scheduling mode has its own ports, so a kept server never has to give its port up.
+acquire_server() {
+  local transport=$1 inline=$2 scenario=$3 round=$4 fresh=$5 key="$1-$2"
+  local offset=$((inline * 4)); [[ $transport == proactor ]] && offset=$((offset + 2))
+  SRV_PORT=$((PORT + offset)); SRV_H2_PORT=$((SRV_PORT + 1))
+  if [[ -n "${KEPT_PID[$key]:-}" ]]; then
+    if ! kill -0 "${KEPT_PID[$key]}" 2>/dev/null; then
+      # It died after its previous run had been checked: blame that run, and start a new one for this run.
+      use_kept "$key"; wait "$SERVER_PID" 2>/dev/null; local code=$?
+      record_error "${KEPT_LAST[$key]}" "-" "$transport" "server died after this scenario's run (exit $code): $(tail -2 "$SERVER_LOG" | tr '\n' ' ')"
+      unset "KEPT_PID[$key]"
+    elif [[ $fresh -eq 1 || $FRESH -eq 1 ]]; then
+      forget_kept "$key" "$scenario" "$round" "$transport"
+    else
+      use_kept "$key"
+      return 0
+    fi
+  fi
+  start_server "$transport" "$inline" "$scenario" "$round" || return 1
+  KEPT_PID[$key]="$SERVER_PID"; KEPT_LOG[$key]="$SERVER_LOG"; KEPT_BACKEND[$key]="$SERVER_BACKEND"; KEPT_RUNTIME[$key]="$SERVER_RUNTIME"
+  return 0
+}
+
+# release_server TRANSPORT INLINE SCENARIO ROUND FRESH: after a run; a server that died during it is that run's error.
+release_server() {
+  local transport=$1 inline=$2 scenario=$3 round=$4 fresh=$5 key="$1-$2"
+  KEPT_LAST[$key]="$scenario"
+  if [[ $fresh -eq 1 || $FRESH -eq 1 ]]; then
+    forget_kept "$key" "$scenario" "$round" "$transport"
+  elif ! kill -0 "$SERVER_PID" 2>/dev/null; then
+    stop_server "$scenario" "$round" "$transport"
+    unset "KEPT_PID[$key]"
+  fi
+}
+
+cleanup() {
+  for key in "${!KEPT_PID[@]}"; do kill -KILL "${KEPT_PID[$key]}" 2>/dev/null; done
+  [[ -n "${IDLE_PID:-}" ]] && kill -KILL "$IDLE_PID" 2>/dev/null
+}
 trap cleanup EXIT
 trap 'echo "run.sh: interrupted" >&2; exit 130' INT TERM
 
@@ -283,7 +340,7 @@ emit() {
 # ---------------------------------------------------------------- load runs
 # wrk_args SCENARIO -> the wrk arguments after the common ones.
 wrk_args() {
-  local url="http://127.0.0.1:$PORT"
+  local url="http://127.0.0.1:$SRV_PORT"
   case "$1" in
     plaintext-64) echo "-c 64 -s $PERF_WRK_DIR/report.lua $url/plaintext" ;;
     plaintext-256|inline-plaintext-256) echo "-c 256 -s $PERF_WRK_DIR/report.lua $url/plaintext" ;;
@@ -316,9 +373,12 @@ run_wrk() {
   [[ "$scenario" == churn-64 ]] && headers=(-H "Connection: close")
   local base="$WORK/$scenario-$round-$transport"
   # Warm-up: the same load, not measured, but its errors count.
-  "${CLIENT_PIN[@]}" wrk -t "$WRK_THREADS" -d "${WARMUP}s" "${headers[@]}" $args >"$base.warmup.txt" 2>&1
-  local e; e="$(wrk_errors "$base.warmup.txt")"
-  [[ -n "$e" ]] && record_error "$scenario" "$round" "$transport" "warm-up: $e"
+  local e=""
+  if [[ $WARMUP -gt 0 ]]; then
+    "${CLIENT_PIN[@]}" wrk -t "$WRK_THREADS" -d "${WARMUP}s" "${headers[@]}" $args >"$base.warmup.txt" 2>&1
+    e="$(wrk_errors "$base.warmup.txt")"
+    [[ -n "$e" ]] && record_error "$scenario" "$round" "$transport" "warm-up: $e"
+  fi
   measured "$scenario" "$round" "$transport" "$base.txt" -- "${CLIENT_PIN[@]}" wrk -t "$WRK_THREADS" -d "${DURATION}s" --latency "${headers[@]}" $args
   local line; line="$(grep -m1 '^WRK-RESULT' "$base.txt")"
   local requests duration p50 p99
@@ -357,10 +417,13 @@ h2load_errors() {
 run_h2load() {
   local scenario=$1 round=$2 transport=$3
   local base="$WORK/$scenario-$round-$transport"
-  local args=(-c 64 -m 16 -t "$WRK_THREADS" "http://127.0.0.1:$H2_PORT/plaintext")
-  "${CLIENT_PIN[@]}" h2load -D "$WARMUP" "${args[@]}" >"$base.warmup.txt" 2>&1
-  local e; e="$(h2load_errors "$base.warmup.txt")"
-  [[ -n "$e" ]] && record_error "$scenario" "$round" "$transport" "warm-up: $e"
+  local args=(-c 64 -m 16 -t "$WRK_THREADS" "http://127.0.0.1:$SRV_H2_PORT/plaintext")
+  local e=""
+  if [[ $WARMUP -gt 0 ]]; then
+    "${CLIENT_PIN[@]}" h2load -D "$WARMUP" "${args[@]}" >"$base.warmup.txt" 2>&1
+    e="$(h2load_errors "$base.warmup.txt")"
+    [[ -n "$e" ]] && record_error "$scenario" "$round" "$transport" "warm-up: $e"
+  fi
   measured "$scenario" "$round" "$transport" "$base.txt" -- "${CLIENT_PIN[@]}" h2load -D "$DURATION" "${args[@]}"
   local rps succeeded mean
   rps="$(sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' "$base.txt" | head -1)"
@@ -375,9 +438,9 @@ run_h2load() {
 run_ws() {
   local scenario=$1 round=$2 transport=$3
   local base="$WORK/$scenario-$round-$transport"
-  "${CLIENT_PIN[@]}" dotnet "$CLIENT_DLL" ws --port "$PORT" --connections 16 --messages 50 >"$base.warmup.txt" 2>&1 \
+  [[ $WARMUP -eq 0 ]] || "${CLIENT_PIN[@]}" dotnet "$CLIENT_DLL" ws --port "$SRV_PORT" --connections 16 --messages 50 >"$base.warmup.txt" 2>&1 \
     || record_error "$scenario" "$round" "$transport" "warm-up: $(grep -m1 WS-DONE "$base.warmup.txt" || tail -2 "$base.warmup.txt")"
-  measured "$scenario" "$round" "$transport" "$base.txt" -- "${CLIENT_PIN[@]}" dotnet "$CLIENT_DLL" ws --port "$PORT" --connections 64 --messages "$WS_MESSAGES" --size 128
+  measured "$scenario" "$round" "$transport" "$base.txt" -- "${CLIENT_PIN[@]}" dotnet "$CLIENT_DLL" ws --port "$SRV_PORT" --connections 64 --messages "$WS_MESSAGES" --size 128
   local status=$?
   local line; line="$(grep -m1 '^WS-DONE' "$base.txt")"
   local echoed rate
@@ -393,11 +456,11 @@ run_idle() {
   local scenario=$1 round=$2 transport=$3
   local base="$WORK/$scenario-$round-$transport"
   # One request first so JIT and pools are warm; "before" is then a server with no connections open.
-  curl -sS --max-time 5 -o /dev/null "http://127.0.0.1:$PORT/plaintext"
+  curl -sS --max-time 5 -o /dev/null "http://127.0.0.1:$SRV_PORT/plaintext"
   sleep 1
   local before; before="$(rss_kib "$SERVER_PID")"
   local release="$base.release"; rm -f "$release"
-  "${CLIENT_PIN[@]}" dotnet "$CLIENT_DLL" idle --port "$PORT" --count "$IDLE_CONNECTIONS" --hold-seconds 120 --release-file "$release" >"$base.txt" 2>&1 &
+  "${CLIENT_PIN[@]}" dotnet "$CLIENT_DLL" idle --port "$SRV_PORT" --count "$IDLE_CONNECTIONS" --hold-seconds 120 --release-file "$release" >"$base.txt" 2>&1 &
   IDLE_PID=$!
   local ready=""
   for _ in $(seq 1 1200); do   # 120 s at most
@@ -439,13 +502,13 @@ run_transfer() {
   if [[ "$scenario" == upload ]]; then
     # -T - streams stdin chunked (--data-binary @- would buffer all of it in curl first); /hash answers "<sha256> <bytes>".
     measured "$scenario" "$round" "$transport" "$base.txt" -- bash -c \
-      "dotnet '$CLIENT_DLL' pattern --bytes $TRANSFER_BYTES | ${CLIENT_PIN[*]} curl -sS --max-time 300 -X POST -T - -H 'Content-Type: application/octet-stream' -o '$base.body' -w 'CURL code=%{http_code} seconds=%{time_total}\n' http://127.0.0.1:$PORT/hash"
+      "dotnet '$CLIENT_DLL' pattern --bytes $TRANSFER_BYTES | ${CLIENT_PIN[*]} curl -sS --max-time 300 -X POST -T - -H 'Content-Type: application/octet-stream' -o '$base.body' -w 'CURL code=%{http_code} seconds=%{time_total}\n' http://127.0.0.1:$SRV_PORT/hash"
     code="$(sed -n 's/^CURL code=\([0-9]*\).*/\1/p' "$base.txt")"; seconds="$(sed -n 's/.* seconds=\([0-9.]*\).*/\1/p' "$base.txt")"
     digest="$(cut -d' ' -f1 "$base.body" 2>/dev/null)"; bytes="$(cut -d' ' -f2 "$base.body" 2>/dev/null | tr -d '\n')"
   else
     # The body goes straight into sha256sum; curl's numbers go to stderr.
     measured "$scenario" "$round" "$transport" "$base.txt" -- bash -c \
-      "${CLIENT_PIN[*]} curl -sS --max-time 300 -o - -w '%{stderr}CURL code=%{http_code} bytes=%{size_download} seconds=%{time_total}\n' http://127.0.0.1:$PORT/bytes/$TRANSFER_BYTES | sha256sum"
+      "${CLIENT_PIN[*]} curl -sS --max-time 300 -o - -w '%{stderr}CURL code=%{http_code} bytes=%{size_download} seconds=%{time_total}\n' http://127.0.0.1:$SRV_PORT/bytes/$TRANSFER_BYTES | sha256sum"
     code="$(sed -n 's/^CURL code=\([0-9]*\).*/\1/p' "$base.txt")"; seconds="$(sed -n 's/.* seconds=\([0-9.]*\).*/\1/p' "$base.txt")"
     bytes="$(sed -n 's/.* bytes=\([0-9]*\).*/\1/p' "$base.txt")"; digest="$(grep -m1 -o '^[0-9a-f]\{64\}' "$base.txt")"
   fi
@@ -461,7 +524,7 @@ run_transfer() {
 # functional: one request per endpoint, each answer checked exactly.
 run_functional() {
   local scenario=$1 round=$2 transport=$3
-  local base="$WORK/$scenario-$round-$transport" url="http://127.0.0.1:$PORT" failures=0
+  local base="$WORK/$scenario-$round-$transport" url="http://127.0.0.1:$SRV_PORT" failures=0
   check() { # check NAME EXPECTED ACTUAL
     if [[ "$2" != "$3" ]]; then
       failures=$((failures + 1)); record_error "$scenario" "$round" "$transport" "$1: expected '$2', got '$(head -c 200 <<<"$3")'"
@@ -478,8 +541,8 @@ run_functional() {
     "$(printf '%s' "$body64k" | curl -sS --max-time 10 -X POST --data-binary @- "$url/hash" 2>&1)"
   check "/bytes/1000003" "$(dotnet "$CLIENT_DLL" pattern --bytes 1000003 | sha256sum | cut -d' ' -f1)" \
     "$(curl -sS --max-time 10 "$url/bytes/1000003" 2>&1 | sha256sum | cut -d' ' -f1)"
-  check "h2c /plaintext" "2 Hello, World!" "$(curl -sS --max-time 5 --http2-prior-knowledge -w ' %{http_version}' "http://127.0.0.1:$H2_PORT/plaintext" 2>&1 | awk '{ v = $NF; $NF = ""; sub(/ $/, ""); print v, $0 }')"
-  if ! dotnet "$CLIENT_DLL" ws --port "$PORT" --connections 4 --messages 20 --size 70000 >"$base.ws.txt" 2>&1; then
+  check "h2c /plaintext" "2 Hello, World!" "$(curl -sS --max-time 5 --http2-prior-knowledge -w ' %{http_version}' "http://127.0.0.1:$SRV_H2_PORT/plaintext" 2>&1 | awk '{ v = $NF; $NF = ""; sub(/ $/, ""); print v, $0 }')"
+  if ! dotnet "$CLIENT_DLL" ws --port "$SRV_PORT" --connections 4 --messages 20 --size 70000 >"$base.ws.txt" 2>&1; then
     failures=$((failures + 1)); record_error "$scenario" "$round" "$transport" "/ws echo: $(grep -m1 WS-DONE "$base.ws.txt" || tail -2 "$base.ws.txt" | tr '\n' ' ')"
   fi
   M_CPU_US=""; M_SYSCALLS=""; M_CTX=""
@@ -501,6 +564,7 @@ run_functional() {
   echo "rounds=$ROUNDS"
   echo "duration_s=$DURATION"
   echo "warmup_s=$WARMUP"
+  echo "servers=$([[ $FRESH -eq 1 ]] && echo 'a new server for every run' || echo 'one per transport and scheduling mode, kept across scenarios; new ones for idle-memory')"
   echo "pin=$([[ $PIN -eq 1 ]] && echo 'server on CPU 0, load generators on CPU 1' || echo no)"
   echo "load_threads=$WRK_THREADS"
   echo "dispatchers=${DISPATCHERS:-default}"
@@ -518,7 +582,8 @@ for scenario in "${SELECTED[@]}"; do
   inline=0; [[ "$scenario" == inline-* ]] && inline=1
   for round in $(seq 1 "$ROUNDS"); do
     for transport in sockets proactor; do   # A, B, A, B, ...
-      if ! start_server "$transport" "$inline" "$scenario" "$round"; then
+      fresh=0; [[ "$scenario" == idle-memory ]] && fresh=1   # RSS deltas need a server with no history
+      if ! acquire_server "$transport" "$inline" "$scenario" "$round" "$fresh"; then
         M_CPU_US=""; M_SYSCALLS=""; M_CTX=""; SERVER_BACKEND="${SERVER_BACKEND:-none}"
         emit "$scenario" "$round" "$transport" "" "" "" "" "" 1
         continue
@@ -532,10 +597,11 @@ for scenario in "${SELECTED[@]}"; do
         upload|download) run_transfer "$scenario" "$round" "$transport" ;;
         *) run_wrk "$scenario" "$round" "$transport" ;;
       esac
-      stop_server "$scenario" "$round" "$transport"
+      release_server "$transport" "$inline" "$scenario" "$round" "$fresh"
     done
   done
 done
+for key in "${!KEPT_PID[@]}"; do forget_kept "$key" "${KEPT_LAST[$key]:-shutdown}" "-" "${key%-*}"; done
 ELAPSED=$((SECONDS - START_SECONDS))
 {
   cat "$WORK/runtime.env" 2>/dev/null
