@@ -151,6 +151,8 @@ echo "scenario,round,transport,backend,unit,value,p50_us,p99_us,cpu_us_per_op,sy
 CPU_MODEL="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 MACHINE_SLUG="$(nproc)cpu-$(echo "${CPU_MODEL:-unknown}" | tr 'A-Z' 'a-z' | sed 's/([^)]*)//g; s/[^a-z0-9]\+/-/g; s/^-//; s/-$//' | cut -c1-24)"
 RESULT_BASE="$PERF_DIR/results/$(date -u +%Y-%m-%d)-${MACHINE_SLUG}$([[ $QUICK -eq 1 ]] && echo -quick)"
+# Only complete, fault-free runs land in perf/results/; partial (--only) and --fault runs stay in the scratch folder.
+if [[ -n "$ONLY" || "$FAULT" != none ]]; then RESULT_BASE="$WORK/report"; fi
 
 WRK_THREADS=$([[ $PIN -eq 1 ]] && echo 1 || nproc)
 SERVER_PIN=(); CLIENT_PIN=()

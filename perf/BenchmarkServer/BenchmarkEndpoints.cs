@@ -74,16 +74,33 @@ internal static class BenchmarkEndpoints
         var writer = response.BodyWriter;
         byte[] block = DownloadPattern.Block;
         long position = 0;
+        bool corrupted = false;
+        int emptyInARow = 0;
         while (position < n)
         {
+            var memory = writer.GetMemory();
+            if (memory.IsEmpty)
+            {
+                // PipeWriter promises a non-empty buffer, but the proactor factory's socket fallback has been seen to
+                // lend none before the response starts; flushing starts it. Twice in a row would spin forever: fail instead.
+                if (++emptyInARow > 1)
+                {
+                    throw new InvalidOperationException("The response PipeWriter lent an empty buffer twice in a row.");
+                }
+
+                await writer.FlushAsync(context.RequestAborted);
+                continue;
+            }
+
+            emptyInARow = 0;
             // The pattern repeats every block, so absolute offset p is block[p % block.Length] whatever the pipe lends.
             int start = (int)(position % block.Length);
-            var memory = writer.GetMemory();
             int chunk = (int)Math.Min(Math.Min(n - position, memory.Length), block.Length - start);
             block.AsSpan(start, chunk).CopyTo(memory.Span);
-            if (corrupt && position == 0)
+            if (corrupt && !corrupted)
             {
                 memory.Span[chunk / 2] ^= 0xFF;
+                corrupted = true;
             }
 
             writer.Advance(chunk);

@@ -13,7 +13,7 @@ if (!BenchmarkServerArguments.TryParse(args, out var arguments, out string argum
 }
 
 var builder = WebApplication.CreateSlimBuilder();
-builder.Logging.ClearProviders();
+if (Environment.GetEnvironmentVariable("PERF_SERVER_LOGGING") != "1") { builder.Logging.ClearProviders(); }
 builder.WebHost.ConfigureKestrel(kestrel =>
 {
     kestrel.AddServerHeader = false;
