@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Net.WebSockets;
 using System.Security.Cryptography;
+using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 
@@ -22,6 +23,7 @@ internal static class BenchmarkEndpoints
         app.MapPost("/echo", Echo);
         app.MapGet("/bytes/{n:long}", (HttpContext context, long n) => Bytes(context, n, fault == "corrupt-bytes"));
         app.MapPost("/hash", Hash);
+        app.MapPost("/verify", (HttpContext context) => Verify(context, fault == "corrupt-bytes"));
         app.MapGet("/wait", Wait);
         app.Map("/ws", WebSocketEcho);
         app.MapGet("/transport", Transport);
@@ -134,8 +136,61 @@ internal static class BenchmarkEndpoints
             }
         }
 
+        byte[] answer = Encoding.ASCII.GetBytes($"{Convert.ToHexStringLower(sha.GetHashAndReset())} {total}\n");
         context.Response.ContentType = "text/plain";
-        await context.Response.WriteAsync($"{Convert.ToHexStringLower(sha.GetHashAndReset())} {total}\n");
+        context.Response.ContentLength = answer.Length;
+        await context.Response.Body.WriteAsync(answer, context.RequestAborted);
+    }
+
+    /// <summary>
+    /// The upload sink: compares the body with <see cref="DownloadPattern"/> as it arrives (memcmp speed, so the
+    /// transfer is not bounded by hashing) and answers "match N" or "mismatch at OFFSET N".
+    /// </summary>
+    private static async Task Verify(HttpContext context, bool corrupt)
+    {
+        byte[] block = DownloadPattern.Block;
+        var reader = context.Request.BodyReader;
+        long total = 0;
+        long firstMismatch = -1;
+        while (true)
+        {
+            var result = await reader.ReadAsync(context.RequestAborted);
+            foreach (var segment in result.Buffer)
+            {
+                var data = segment.Span;
+                if (corrupt && total == 0 && !data.IsEmpty)
+                {
+                    // --fault corrupt-bytes: act as if the transport had flipped the first byte it received.
+                    byte[] copy = data.ToArray();
+                    copy[0] ^= 0xFF;
+                    data = copy;
+                }
+
+                while (!data.IsEmpty)
+                {
+                    int start = (int)(total % block.Length);
+                    int length = Math.Min(data.Length, block.Length - start);
+                    if (firstMismatch < 0 && !data[..length].SequenceEqual(block.AsSpan(start, length)))
+                    {
+                        firstMismatch = total + data[..length].CommonPrefixLength(block.AsSpan(start, length));
+                    }
+
+                    data = data[length..];
+                    total += length;
+                }
+            }
+
+            reader.AdvanceTo(result.Buffer.End);
+            if (result.IsCompleted)
+            {
+                break;
+            }
+        }
+
+        byte[] answer = Encoding.ASCII.GetBytes(firstMismatch < 0 ? $"match {total}\n" : $"mismatch at {firstMismatch} {total}\n");
+        context.Response.ContentType = "text/plain";
+        context.Response.ContentLength = answer.Length;
+        await context.Response.Body.WriteAsync(answer, context.RequestAborted);
     }
 
     private static async Task Wait(HttpContext context)

@@ -5,6 +5,7 @@ using KestrelProactor.Perf;
 const string usage =
     "usage: LoadClient idle    --port P --count N [--hold-seconds S] [--release-file F]\n" +
     "       LoadClient pattern --bytes N          (writes the /bytes/{n} pattern to stdout)\n" +
+    "       LoadClient transfer --mode upload|download --port P --bytes N [--timeout-seconds S]\n" +
     "       LoadClient ws      --port P [--connections C] [--messages M] [--size B] [--timeout-seconds S]";
 
 if (args.Length == 0)
@@ -21,6 +22,7 @@ try
         "idle" => await IdleConnections.RunAsync(options),
         "pattern" => await PatternWriter.RunAsync(options),
         "ws" => await WebSocketEcho.RunAsync(options),
+        "transfer" => await Transfer.RunAsync(options),
         _ => throw new ArgumentException($"unknown command '{args[0]}'"),
     };
 }
