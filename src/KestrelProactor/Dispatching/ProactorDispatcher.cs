@@ -70,6 +70,12 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     /// <summary>Receive buffers handed out and not yet back (read racily).</summary>
     public virtual long ReceiveBuffersLent => 0;
 
+    /// <summary>The buffers this backend lends to connections' input pipes, or null when receives are copied.</summary>
+    public virtual IReceiveBufferLender? ReceiveBufferLender => null;
+
+    /// <summary>How many buffers the lender has in all (caps what one connection may hold).</summary>
+    public virtual int LendableBufferCount => 0;
+
     /// <summary>Completion handlers that threw since start.</summary>
     public long HandlerFaults { get; private set; }
 
@@ -258,9 +264,12 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     /// <param name="more">A multishot operation stays armed.</param>
     /// <param name="receivedData">For a receive into a backend buffer: the bytes (copied before this returns).</param>
     /// <param name="acceptedSocket">For an accept: the new socket, owned by the handler from here.</param>
-    protected void DispatchCompletion(IOperationOwner owner, OperationKind kind, IoResult result, bool more, ReadOnlySpan<byte> receivedData, SafeHandle? acceptedSocket)
+    /// <param name="lentBufferId">For a receive into a lendable backend buffer: its id, else -1.</param>
+    /// <returns>True when the connection took the lent buffer (the backend must not reuse it until it comes back).</returns>
+    protected bool DispatchCompletion(IOperationOwner owner, OperationKind kind, IoResult result, bool more, ReadOnlySpan<byte> receivedData, SafeHandle? acceptedSocket, int lentBufferId = -1)
     {
         var connection = owner as ProactorConnection;
+        bool bufferTaken = false;
         try
         {
             switch (kind)
@@ -269,7 +278,7 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
                     ((ProactorConnectionListener)owner).OnAcceptCompleted(result, acceptedSocket, more);
                     break;
                 case OperationKind.Receive:
-                    connection!.OnReceiveCompleted(result, receivedData, more);
+                    bufferTaken = connection!.OnReceiveCompleted(result, receivedData, more, lentBufferId);
                     break;
                 case OperationKind.Send:
                     connection!.OnSendCompleted(result);
@@ -288,6 +297,7 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
         }
 
         connection?.AdvanceClose();
+        return bufferTaken;
     }
 
     /// <summary>Runs after a completion handler threw; the owner is aborted instead of the dispatcher.</summary>

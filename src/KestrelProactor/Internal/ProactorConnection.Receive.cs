@@ -19,6 +19,12 @@ internal sealed partial class ProactorConnection
     private Action? _onInputFlushed;
     private ValueTaskAwaiter<FlushResult> _inputFlushAwaiter;
 
+    /// <summary>The input when the backend lends its receive buffers (no copy); null when receives are copied into a pipe.</summary>
+    private readonly ProactorInputPipe? _lendingInput;
+
+    /// <summary>Buffers this connection may hold before further data is copied instead of lent.</summary>
+    private readonly int _lentBufferCap;
+
     /// <summary>Pipe memory a direct receive (no buffer ring) reads into; pinned while that receive is in flight.</summary>
     private MemoryHandle _receivePin;
     private bool _receiveIntoPipe;
@@ -45,7 +51,7 @@ internal sealed partial class ProactorConnection
     /// </summary>
     public Memory<byte> RentReceiveMemory(int sizeHint)
     {
-        Memory<byte> memory = Input.GetMemory(sizeHint);
+        Memory<byte> memory = Input!.GetMemory(sizeHint);
         _receivePin = memory.Pin();
         _receiveIntoPipe = true;
         return memory;
@@ -57,7 +63,8 @@ internal sealed partial class ProactorConnection
     /// bytes are already in place and <paramref name="data"/> views them. <paramref name="more"/>: a multishot
     /// receive stays armed and will complete again.
     /// </summary>
-    public void OnReceiveCompleted(IoResult result, ReadOnlySpan<byte> data, bool more)
+    /// <returns>True when the connection took buffer <paramref name="lentBufferId"/> (it goes back when the application consumed it).</returns>
+    public bool OnReceiveCompleted(IoResult result, ReadOnlySpan<byte> data, bool more, int lentBufferId)
     {
         if (!more)
         {
@@ -78,24 +85,29 @@ internal sealed partial class ProactorConnection
             if (result.IsSuccess && result.Value > 0)
             {
                 ProactorDispatcher.TestReceiveHook?.Invoke(data);
+                if (_lendingInput is not null)
+                {
+                    return OnReceivedLending(data, more, lentBufferId);
+                }
+
                 if (_inputEnded)
                 {
                     // The application stopped reading, or the connection is closing: nobody will read these bytes.
                     if (intoPipe)
                     {
-                        Input.Advance(0);
+                        Input!.Advance(0);
                     }
 
-                    return;
+                    return false;
                 }
 
                 if (intoPipe)
                 {
-                    Input.Advance(result.Value);
+                    Input!.Advance(result.Value);
                 }
                 else
                 {
-                    Input.Write(data);
+                    Input!.Write(data);
                 }
 
                 if (!_inputFlushPending)
@@ -107,19 +119,19 @@ internal sealed partial class ProactorConnection
                     // Paused: the bytes wait unflushed in the pipe until the application catches up.
                 }
 
-                return;
+                return false;
             }
 
             if (intoPipe)
             {
-                Input.Advance(0);
+                Input!.Advance(0);
             }
 
             if (result.IsSuccess)
             {
                 // 0 bytes: the peer sent FIN. The output side stays open (half-close).
                 EndInput(null);
-                return;
+                return false;
             }
 
             switch (result.Error)
@@ -133,17 +145,17 @@ internal sealed partial class ProactorConnection
                         ArmReceive();
                     }
 
-                    return;
+                    return false;
                 case SocketError.ConnectionReset:
                     ProactorLog.ConnectionReset(_logger, ConnectionId);
                     EndInput(new ConnectionResetException(result.ToString(), result.ToException()));
                     BeginClose(abortive: true);
-                    return;
+                    return false;
                 default:
                     ProactorLog.ConnectionError(_logger, ConnectionId, "receive", result.ToString());
                     EndInput(new ConnectionResetException(result.ToString(), result.ToException()));
                     BeginClose(abortive: true);
-                    return;
+                    return false;
             }
         }
         finally
@@ -156,9 +168,71 @@ internal sealed partial class ProactorConnection
         }
     }
 
+    /// <summary>Lending path: the kernel's buffer goes to the application as it is (or as a copy past the caps).</summary>
+    private bool OnReceivedLending(ReadOnlySpan<byte> data, bool more, int lentBufferId)
+    {
+        if (_inputEnded)
+        {
+            return false;
+        }
+
+        ProactorInputPipe.AppendResult appended;
+        bool taken = false;
+        // Lend while the application keeps up; copy while paused (bytes held back must not pin the ring), past
+        // this connection's share, or when the ring runs low.
+        if (lentBufferId >= 0 && !_inputFlushPending && _lendingInput!.LentCount < _lentBufferCap && !Dispatcher.ReceiveBufferLender!.ShouldCopy)
+        {
+            appended = _lendingInput.Append(lentBufferId, data.Length);
+            taken = appended != ProactorInputPipe.AppendResult.ReaderCompleted;
+        }
+        else
+        {
+            appended = _lendingInput!.AppendCopy(data);
+        }
+
+        switch (appended)
+        {
+            case ProactorInputPipe.AppendResult.Pause:
+                // MaxReadBufferSize reached: stop receiving until the application consumed half.
+                _inputFlushPending = true;
+                if (_receiveActive && !_receiveCancelRequested)
+                {
+                    _receiveCancelRequested = true;
+                    Dispatcher.SubmitCancel(this, OperationKind.Receive);
+                }
+
+                break;
+            case ProactorInputPipe.AppendResult.ReaderCompleted:
+                EndInput(null);
+                break;
+            default:
+                if (!more)
+                {
+                    ArmReceive();
+                }
+
+                break;
+        }
+
+        return taken;
+    }
+
+    /// <summary>The application consumed down to the resume threshold (or completed its reader).</summary>
+    private void OnLendingResumed()
+    {
+        _inputFlushPending = false;
+        if (_lendingInput!.IsReaderCompleted)
+        {
+            EndInput(null);
+            return;
+        }
+
+        ArmReceive();
+    }
+
     private void FlushInput()
     {
-        ValueTask<FlushResult> flush = Input.FlushAsync();
+        ValueTask<FlushResult> flush = Input!.FlushAsync();
         if (flush.IsCompleted)
         {
             OnInputFlushed(flush.GetAwaiter().GetResult());
@@ -197,7 +271,7 @@ internal sealed partial class ProactorConnection
             return;
         }
 
-        if (Input.UnflushedBytes > 0 && !_inputWriterCompleted)
+        if (Input!.UnflushedBytes > 0 && !_inputWriterCompleted)
         {
             // Bytes a multishot receive delivered while paused.
             FlushInput();
@@ -239,7 +313,14 @@ internal sealed partial class ProactorConnection
         if (!_inputWriterCompleted)
         {
             _inputWriterCompleted = true;
-            Input.Complete(_inputError);
+            if (_lendingInput is not null)
+            {
+                _lendingInput.CompleteWriter(_inputError);
+            }
+            else
+            {
+                Input!.Complete(_inputError);
+            }
         }
     }
 }

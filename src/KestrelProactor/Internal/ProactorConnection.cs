@@ -55,16 +55,30 @@ internal sealed partial class ProactorConnection : ConnectionContext,
         PipeScheduler applicationScheduler = options.UnsafePreferInlineScheduling ? PipeScheduler.Inline : PipeScheduler.ThreadPool;
         MemoryPool<byte> pool = dispatcher.MemoryPool;
 
-        // Input: the dispatcher writes, the application reads. The writer resumes (after back-pressure) on
-        // the dispatcher; the application's reads resume on the pool, or inline on the dispatcher if asked.
-        var input = new Pipe(new PipeOptions(pool, applicationScheduler, dispatcher, maxRead, maxRead / 2, useSynchronizationContext: false));
+        // Input: the dispatcher writes, the application reads; its reads resume on the pool, or inline on the
+        // dispatcher if asked. Where the backend lends its receive buffers, the application reads the very
+        // buffers the kernel filled; otherwise a pipe holds copies (received straight into its memory).
+        PipeReader inputReader;
+        if (dispatcher.ReceiveBufferLender is { } lender)
+        {
+            _lendingInput = new ProactorInputPipe(lender, pool, dispatcher, options.UnsafePreferInlineScheduling, maxRead, OnLendingResumed);
+            _lentBufferCap = Math.Max(2, Math.Min(dispatcher.LendableBufferCount / 8, maxRead <= 0 ? int.MaxValue : (int)(maxRead / Math.Max(1, options.ReceiveBufferSize)) + 1));
+            inputReader = _lendingInput;
+        }
+        else
+        {
+            // The writer resumes (after back-pressure) on the dispatcher.
+            var input = new Pipe(new PipeOptions(pool, applicationScheduler, dispatcher, maxRead, maxRead / 2, useSynchronizationContext: false));
+            Input = input.Writer;
+            inputReader = input.Reader;
+        }
+
         // Output: the application writes, the dispatcher reads and sends. A flush on any thread becomes a
         // work item on the dispatcher, so the send it causes is batched with the rest of that pass.
         var output = new Pipe(new PipeOptions(pool, dispatcher, applicationScheduler, maxWrite, maxWrite / 2, useSynchronizationContext: false));
 
-        Input = input.Writer;
         Output = output.Reader;
-        _transportSide = new DuplexPipe(input.Reader, output.Writer);
+        _transportSide = new DuplexPipe(inputReader, output.Writer);
         Transport = _transportSide;
         ConnectionClosed = _connectionClosedSource.Token;
 
@@ -88,8 +102,8 @@ internal sealed partial class ProactorConnection : ConnectionContext,
     /// <summary>The backend's state for the send in flight (pinned buffers, native iovecs); null otherwise.</summary>
     public object? SendState { get; set; }
 
-    /// <summary>The transport's end of the input pipe (the dispatcher writes received bytes here).</summary>
-    public PipeWriter Input { get; }
+    /// <summary>The transport's end of the input pipe when receives are copied (no lending backend); else null.</summary>
+    public PipeWriter? Input { get; }
 
     /// <summary>The transport's end of the output pipe (the dispatcher sends what it reads here).</summary>
     public PipeReader Output { get; }

@@ -18,6 +18,7 @@ internal sealed unsafe class IoUringBufferRing : IDisposable
     private readonly SafeMappedRegionHandle _buffers;
     private readonly io_uring_buf* _bufs;
     private readonly ushort _mask;
+    private readonly NativeBufferManager[] _managers;
     private ushort _tail;
     private bool _tailDirty;
 
@@ -31,7 +32,15 @@ internal sealed unsafe class IoUringBufferRing : IDisposable
         _buffers = buffers;
         _bufs = (io_uring_buf*)entries.Pointer;
         _mask = (ushort)(count - 1);
+        _managers = new NativeBufferManager[count];
+        for (int i = 0; i < count; i++)
+        {
+            _managers[i] = new NativeBufferManager(buffers.Pointer + (nint)i * bufferSize, bufferSize);
+        }
     }
+
+    /// <summary>The whole of buffer <paramref name="bufferId"/> as <see cref="Memory{T}"/>, for lending it to a pipe.</summary>
+    public Memory<byte> GetMemory(ushort bufferId) => _managers[bufferId].Memory;
 
     public ushort GroupId { get; }
 
@@ -122,7 +131,10 @@ internal sealed unsafe class IoUringBufferRing : IDisposable
         Volatile.Write(ref *(ushort*)((byte*)_bufs + 14), _tail);
     }
 
-    public void Dispose()
+    public void Dispose() => Dispose(leaveBuffersMapped: false);
+
+    /// <summary>Unregisters the ring. With <paramref name="leaveBuffersMapped"/>, lent buffers stay readable (leaked).</summary>
+    public void Dispose(bool leaveBuffersMapped)
     {
         io_uring_buf_reg reg = default;
         reg.bgid = GroupId;
@@ -131,7 +143,31 @@ internal sealed unsafe class IoUringBufferRing : IDisposable
             _ring.RegisterRaw(IORING_UNREGISTER_PBUF_RING, &reg, 1);
         }
 
-        _buffers.Dispose();
+        if (leaveBuffersMapped)
+        {
+            _buffers.SetHandleAsInvalid();
+        }
+        else
+        {
+            _buffers.Dispose();
+        }
+
         _entries.Dispose();
+    }
+
+    /// <summary>Exposes one native buffer as <see cref="Memory{T}"/>; the mapping is already pinned.</summary>
+    private sealed class NativeBufferManager(byte* pointer, int length) : System.Buffers.MemoryManager<byte>
+    {
+        public override Span<byte> GetSpan() => new(pointer, length);
+
+        public override System.Buffers.MemoryHandle Pin(int elementIndex = 0) => new(pointer + elementIndex);
+
+        public override void Unpin()
+        {
+        }
+
+        protected override void Dispose(bool disposing)
+        {
+        }
     }
 }

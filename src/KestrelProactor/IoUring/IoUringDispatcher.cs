@@ -16,7 +16,7 @@ namespace KestrelProactor.IoUring;
 /// last pass to the kernel and waits for completions in a single <c>io_uring_enter</c>, then runs the
 /// completion handlers. Handlers only prepare SQEs; they are submitted together on the next pass.
 /// </summary>
-internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
+internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IReceiveBufferLender
 {
     private static readonly byte[] s_requiredOpcodes =
     [
@@ -28,6 +28,8 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
 
     private readonly Stack<IoUringSendBlock> _sendBlocks = new();
     private readonly List<ProactorConnection> _receiveRetries = new();
+    private readonly System.Collections.Concurrent.ConcurrentQueue<ushort> _returnedBuffers = new();
+    private volatile bool _receivesStarved;
     private IoUringRing? _ring;
     private IoUringBufferRing? _bufferRing;
     private SafeFileDescriptorHandle? _wakeFd;
@@ -44,6 +46,40 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
     public IoUringRing Ring => _ring ?? throw new InvalidOperationException("The ring is not set up.");
 
     public override long ReceiveBuffersLent => _bufferRing?.Lent ?? 0;
+
+    public override IReceiveBufferLender? ReceiveBufferLender => _bufferRing is not null ? this : null;
+
+    public override int LendableBufferCount => _bufferRing?.Count ?? 0;
+
+    Memory<byte> IReceiveBufferLender.GetMemory(int bufferId) => _bufferRing!.GetMemory((ushort)bufferId);
+
+    /// <summary>Lend no more once three quarters of the ring are out: the kernel must keep buffers to receive into.</summary>
+    bool IReceiveBufferLender.ShouldCopy => _bufferRing!.Lent > _bufferRing.Count * 3 / 4;
+
+    void IReceiveBufferLender.Return(int bufferId)
+    {
+        if (IsOnDispatcherThread)
+        {
+            _bufferRing!.Return((ushort)bufferId);
+            return;
+        }
+
+        // From an application thread: the dispatcher re-provides it on its next pass. No wake-up is needed
+        // unless receives wait for buffers.
+        _returnedBuffers.Enqueue((ushort)bufferId);
+        if (_receivesStarved)
+        {
+            Schedule(static _ => { }, null);
+        }
+    }
+
+    private void DrainReturnedBuffers()
+    {
+        while (_returnedBuffers.TryDequeue(out ushort bufferId))
+        {
+            _bufferRing!.Return(bufferId);
+        }
+    }
 
     /// <summary>Setup flags the kernel refused and this ring runs without.</summary>
     public List<string> RefusedFeatures { get; } = new();
@@ -159,8 +195,12 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
     protected override void PollCompletions(bool wait)
     {
         IoUringRing ring = _ring!;
-        RetryStarvedReceives();
-        _bufferRing?.Publish();
+        if (_bufferRing is not null)
+        {
+            DrainReturnedBuffers();
+            RetryStarvedReceives();
+            _bufferRing.Publish();
+        }
 
         // With nothing to submit, nothing to wait for and no deferred kernel work, skip the system call.
         if (wait || ring.PendingSubmissions != 0 || ring.NeedsEnter || ring.ReadyCompletions == 0)
@@ -261,6 +301,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
             // socket. Retry once this pass has returned buffers.
             Context.Metrics.NoBufferCount.Add(1);
             _receiveRetries.Add(connection);
+            _receivesStarved = true;
             Table.OnSubmitted(connection.Token); // still counted as in flight until resubmitted
             return;
         }
@@ -268,14 +309,18 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
         if ((cqe.flags & IORING_CQE_F_BUFFER) != 0)
         {
             ushort bufferId = (ushort)(cqe.flags >> IORING_CQE_BUFFER_SHIFT);
+            bool lent = false;
             try
             {
                 ReadOnlySpan<byte> data = _bufferRing!.GetData(bufferId, Math.Max(cqe.res, 0));
-                DispatchCompletion(owner, OperationKind.Receive, ToResult(cqe.res), more, data, null);
+                lent = DispatchCompletion(owner, OperationKind.Receive, ToResult(cqe.res), more, data, null, bufferId);
             }
             finally
             {
-                _bufferRing!.Return(bufferId);
+                if (!lent)
+                {
+                    _bufferRing!.Return(bufferId);
+                }
             }
 
             return;
@@ -307,6 +352,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
         }
 
         _receiveRetries.Clear();
+        _receivesStarved = false;
     }
 
     protected override void Wake()
@@ -345,7 +391,13 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
 
     private void ReleaseResources()
     {
-        _bufferRing?.Dispose();
+        if (_bufferRing is not null)
+        {
+            DrainReturnedBuffers();
+            // Buffers still lent belong to input pipes an application may yet read: never unmap them.
+            _bufferRing.Dispose(leaveBuffersMapped: _bufferRing.Lent > 0);
+        }
+
         _ring?.Dispose();
         _wakeFd?.Dispose();
         if (_wakeBuffer is not null)

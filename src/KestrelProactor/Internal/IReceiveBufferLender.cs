@@ -1,0 +1,17 @@
+namespace KestrelProactor.Internal;
+
+/// <summary>
+/// A backend's receive buffers that may be lent to the application: the kernel filled them, the input pipe
+/// hands them to Kestrel without a copy, and they go back when Kestrel has consumed them.
+/// </summary>
+internal interface IReceiveBufferLender
+{
+    /// <summary>The whole buffer <paramref name="bufferId"/>; valid until it is returned.</summary>
+    Memory<byte> GetMemory(int bufferId);
+
+    /// <summary>Gives a lent buffer back. Any thread; the backend re-provides it to the kernel on its own thread.</summary>
+    void Return(int bufferId);
+
+    /// <summary>True while lending more would leave the kernel too few buffers: new data is copied instead.</summary>
+    bool ShouldCopy { get; }
+}
