@@ -35,7 +35,7 @@ EOF
 
 # ---------------------------------------------------------------- options
 QUICK=0; ALLOW_FALLBACK=0; PIN=0; ROUNDS=""; DURATION=""; WARMUP=""; DISPATCHERS=""; ONLY=""; FAULT="none"
-PORT=5200; BUILD=1; LIST=0; FRESH=0
+PORT=5200; PORT_GIVEN=0; BUILD=1; LIST=0; FRESH=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -47,7 +47,7 @@ while [[ $# -gt 0 ]]; do
     --dispatchers) DISPATCHERS="${2:?--dispatchers needs a value}"; shift ;;
     --only) ONLY="${2:?--only needs a value}"; shift ;;
     --fault) FAULT="${2:?--fault needs a value}"; shift ;;
-    --port) PORT="${2:?--port needs a value}"; shift ;;
+    --port) PORT="${2:?--port needs a value}"; PORT_GIVEN=1; shift ;;
     --no-build) BUILD=0 ;;
     --fresh-servers) FRESH=1 ;;
     --list) LIST=1 ;;
@@ -96,6 +96,20 @@ if [[ -n "$ONLY" ]]; then
   done
 else
   SELECTED=("${SCENARIO_IDS[@]}")
+fi
+
+# Servers use PORT..PORT+7. Another run on the same machine (or anything else) holding one of them would make
+# every server start fail; a default port range that is busy moves up, an explicit --port must be free.
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+ports_free() { local p; for p in $(seq "$1" $(($1 + 7))); do port_busy "$p" && return 1; done; return 0; }
+PORT_NOTE=""
+if ! ports_free "$PORT"; then
+  [[ $PORT_GIVEN -eq 1 ]] && { echo "run.sh: a port in $PORT-$((PORT + 7)) is in use" >&2; exit 2; }
+  busy_range="$PORT-$((PORT + 7))"
+  for _ in $(seq 1 20); do PORT=$((PORT + 10)); ports_free "$PORT" && break; done
+  ports_free "$PORT" || { echo "run.sh: no free range of 8 ports found above $busy_range" >&2; exit 2; }
+  PORT_NOTE=" ($busy_range were in use at start: if another benchmark was running, it disturbed these numbers)"
+  echo "run.sh: ports $busy_range are in use; using $PORT-$((PORT + 7))$PORT_NOTE" >&2
 fi
 
 # ---------------------------------------------------------------- tools
@@ -552,6 +566,7 @@ run_functional() {
   echo "rounds=$ROUNDS"
   echo "duration_s=$DURATION"
   echo "warmup_s=$WARMUP"
+  echo "ports=$PORT-$((PORT + 7))$PORT_NOTE"
   echo "servers=$([[ $FRESH -eq 1 ]] && echo 'a new server for every run' || echo 'one per transport and scheduling mode, kept across scenarios; new ones for idle-memory')"
   echo "pin=$([[ $PIN -eq 1 ]] && echo 'server on CPU 0, load generators on CPU 1' || echo no)"
   echo "load_threads=$WRK_THREADS"
