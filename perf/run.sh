@@ -384,18 +384,18 @@ wrk_errors() {
 
 run_wrk() {
   local scenario=$1 round=$2 transport=$3
-  local args; args="$(wrk_args "$scenario")"
+  local args; read -r -a args <<<"$(wrk_args "$scenario")"
   local headers=()
   [[ "$scenario" == churn-64 ]] && headers=(-H "Connection: close")
   local base="$WORK/$scenario-$round-$transport"
   # Warm-up: the same load, not measured, but its errors count.
   local e=""
   if [[ $WARMUP -gt 0 ]]; then
-    "${CLIENT_PIN[@]}" wrk -t "$WRK_THREADS" -d "${WARMUP}s" "${headers[@]}" $args >"$base.warmup.txt" 2>&1
+    "${CLIENT_PIN[@]}" wrk -t "$WRK_THREADS" -d "${WARMUP}s" "${headers[@]}" "${args[@]}" >"$base.warmup.txt" 2>&1
     e="$(wrk_errors "$base.warmup.txt")"
     [[ -n "$e" ]] && record_error "$scenario" "$round" "$transport" "warm-up: $e"
   fi
-  measured "$scenario" "$round" "$transport" "$base.txt" -- "${CLIENT_PIN[@]}" wrk -t "$WRK_THREADS" -d "${DURATION}s" --latency "${headers[@]}" $args
+  measured "$scenario" "$round" "$transport" "$base.txt" -- "${CLIENT_PIN[@]}" wrk -t "$WRK_THREADS" -d "${DURATION}s" --latency "${headers[@]}" "${args[@]}"
   local line; line="$(grep -m1 '^WRK-RESULT' "$base.txt")"
   local requests duration p50 p99
   requests="$(sed -n 's/.* requests=\([0-9]*\).*/\1/p' <<<"$line")"
@@ -441,7 +441,7 @@ run_h2load() {
     [[ -n "$e" ]] && record_error "$scenario" "$round" "$transport" "warm-up: $e"
   fi
   measured "$scenario" "$round" "$transport" "$base.txt" -- "${CLIENT_PIN[@]}" h2load -D "$DURATION" "${args[@]}"
-  local rps succeeded mean
+  local rps succeeded
   rps="$(sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' "$base.txt" | head -1)"
   succeeded="$(sed -n 's/^requests:.* \([0-9]*\) succeeded.*/\1/p' "$base.txt" | head -1)"
   e="$(h2load_errors "$base.txt")"
