@@ -35,7 +35,7 @@ EOF
 
 # ---------------------------------------------------------------- options
 QUICK=0; ALLOW_FALLBACK=0; PIN=0; ROUNDS=""; DURATION=""; WARMUP=""; DISPATCHERS=""; ONLY=""; FAULT="none"
-PORT=5200; BUILD=1; LIST=0; FRESH=0
+PORT=5200; PORT_GIVEN=0; BUILD=1; LIST=0; FRESH=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -47,7 +47,7 @@ while [[ $# -gt 0 ]]; do
     --dispatchers) DISPATCHERS="${2:?--dispatchers needs a value}"; shift ;;
     --only) ONLY="${2:?--only needs a value}"; shift ;;
     --fault) FAULT="${2:?--fault needs a value}"; shift ;;
-    --port) PORT="${2:?--port needs a value}"; shift ;;
+    --port) PORT="${2:?--port needs a value}"; PORT_GIVEN=1; shift ;;
     --no-build) BUILD=0 ;;
     --fresh-servers) FRESH=1 ;;
     --list) LIST=1 ;;
@@ -96,6 +96,20 @@ if [[ -n "$ONLY" ]]; then
   done
 else
   SELECTED=("${SCENARIO_IDS[@]}")
+fi
+
+# Servers use PORT..PORT+7. Another run on the same machine (or anything else) holding one of them would make
+# every server start fail; a default port range that is busy moves up, an explicit --port must be free.
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+ports_free() { local p; for p in $(seq "$1" $(($1 + 7))); do port_busy "$p" && return 1; done; return 0; }
+PORT_NOTE=""
+if ! ports_free "$PORT"; then
+  [[ $PORT_GIVEN -eq 1 ]] && { echo "run.sh: a port in $PORT-$((PORT + 7)) is in use" >&2; exit 2; }
+  busy_range="$PORT-$((PORT + 7))"
+  for _ in $(seq 1 20); do PORT=$((PORT + 10)); ports_free "$PORT" && break; done
+  ports_free "$PORT" || { echo "run.sh: no free range of 8 ports found above $busy_range" >&2; exit 2; }
+  PORT_NOTE=" ($busy_range were in use at start: if another benchmark was running, it disturbed these numbers)"
+  echo "run.sh: ports $busy_range are in use; using $PORT-$((PORT + 7))$PORT_NOTE" >&2
 fi
 
 # ---------------------------------------------------------------- tools
@@ -370,18 +384,18 @@ wrk_errors() {
 
 run_wrk() {
   local scenario=$1 round=$2 transport=$3
-  local args; args="$(wrk_args "$scenario")"
+  local args; read -r -a args <<<"$(wrk_args "$scenario")"
   local headers=()
   [[ "$scenario" == churn-64 ]] && headers=(-H "Connection: close")
   local base="$WORK/$scenario-$round-$transport"
   # Warm-up: the same load, not measured, but its errors count.
   local e=""
   if [[ $WARMUP -gt 0 ]]; then
-    "${CLIENT_PIN[@]}" wrk -t "$WRK_THREADS" -d "${WARMUP}s" "${headers[@]}" $args >"$base.warmup.txt" 2>&1
+    "${CLIENT_PIN[@]}" wrk -t "$WRK_THREADS" -d "${WARMUP}s" "${headers[@]}" "${args[@]}" >"$base.warmup.txt" 2>&1
     e="$(wrk_errors "$base.warmup.txt")"
     [[ -n "$e" ]] && record_error "$scenario" "$round" "$transport" "warm-up: $e"
   fi
-  measured "$scenario" "$round" "$transport" "$base.txt" -- "${CLIENT_PIN[@]}" wrk -t "$WRK_THREADS" -d "${DURATION}s" --latency "${headers[@]}" $args
+  measured "$scenario" "$round" "$transport" "$base.txt" -- "${CLIENT_PIN[@]}" wrk -t "$WRK_THREADS" -d "${DURATION}s" --latency "${headers[@]}" "${args[@]}"
   local line; line="$(grep -m1 '^WRK-RESULT' "$base.txt")"
   local requests duration p50 p99
   requests="$(sed -n 's/.* requests=\([0-9]*\).*/\1/p' <<<"$line")"
@@ -427,7 +441,7 @@ run_h2load() {
     [[ -n "$e" ]] && record_error "$scenario" "$round" "$transport" "warm-up: $e"
   fi
   measured "$scenario" "$round" "$transport" "$base.txt" -- "${CLIENT_PIN[@]}" h2load -D "$DURATION" "${args[@]}"
-  local rps succeeded mean
+  local rps succeeded
   rps="$(sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' "$base.txt" | head -1)"
   succeeded="$(sed -n 's/^requests:.* \([0-9]*\) succeeded.*/\1/p' "$base.txt" | head -1)"
   e="$(h2load_errors "$base.txt")"
@@ -552,6 +566,7 @@ run_functional() {
   echo "rounds=$ROUNDS"
   echo "duration_s=$DURATION"
   echo "warmup_s=$WARMUP"
+  echo "ports=$PORT-$((PORT + 7))$PORT_NOTE"
   echo "servers=$([[ $FRESH -eq 1 ]] && echo 'a new server for every run' || echo 'one per transport and scheduling mode, kept across scenarios; new ones for idle-memory')"
   echo "pin=$([[ $PIN -eq 1 ]] && echo 'server on CPU 0, load generators on CPU 1' || echo no)"
   echo "load_threads=$WRK_THREADS"

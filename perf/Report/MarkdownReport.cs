@@ -96,7 +96,7 @@ internal static class MarkdownReport
             ("kernel", "kernel"), ("cpus", "CPUs"), ("cpu_model", "CPU model"), ("memory", "memory"),
             ("runtime", ".NET runtime"), ("dotnet_sdk", ".NET SDK"), ("wrk", "wrk"), ("h2load", "h2load"),
             ("rounds", "rounds"), ("duration_s", "measured seconds per run"), ("warmup_s", "warm-up seconds per run"),
-            ("servers", "servers"), ("pin", "CPU pinning"), ("load_threads", "wrk/h2load threads"), ("dispatchers", "proactor dispatchers"),
+            ("ports", "loopback ports"), ("servers", "servers"), ("pin", "CPU pinning"), ("load_threads", "wrk/h2load threads"), ("dispatchers", "proactor dispatchers"),
             ("allow_fallback", "--allow-fallback"), ("fault", "fault injection"), ("idle_connections", "idle connections"),
             ("transfer_bytes", "transfer bytes"), ("syscall_counter", "syscall counter"),
             ("load_at_start", "load average at start"), ("load_at_end", "load average at end"), ("elapsed_s", "elapsed seconds"),
