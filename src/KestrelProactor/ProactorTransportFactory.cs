@@ -21,6 +21,7 @@ public sealed class ProactorTransportFactory : IConnectionListenerFactory, IConn
     private readonly ILoggerFactory _loggerFactory;
     private readonly ILogger _logger;
     private readonly IMemoryPoolFactory<byte>? _memoryPoolFactory;
+    private readonly IServiceProvider? _services;
     private readonly ProactorMetrics _metrics;
     private readonly Lock _gate = new();
     private ProactorBackend? _backend;
@@ -41,7 +42,22 @@ public sealed class ProactorTransportFactory : IConnectionListenerFactory, IConn
         ILoggerFactory loggerFactory,
         IMemoryPoolFactory<byte>? memoryPoolFactory,
         IMeterFactory? meterFactory)
+        : this(options, loggerFactory, memoryPoolFactory, meterFactory, services: null)
     {
+    }
+
+    /// <summary>
+    /// Creates the factory as dependency injection does: with the host's services, so a fallback binds with the
+    /// socket transport the host registered (built with Kestrel's own memory pool).
+    /// </summary>
+    public ProactorTransportFactory(
+        IOptions<ProactorTransportOptions> options,
+        ILoggerFactory loggerFactory,
+        IMemoryPoolFactory<byte>? memoryPoolFactory,
+        IMeterFactory? meterFactory,
+        IServiceProvider? services)
+    {
+        _services = services;
         ArgumentNullException.ThrowIfNull(options);
         _options = options.Value;
         _loggerFactory = loggerFactory ?? NullLoggerFactory.Instance;
@@ -134,6 +150,16 @@ public sealed class ProactorTransportFactory : IConnectionListenerFactory, IConn
     {
         lock (_gate)
         {
+            if (_socketFactory is not null)
+            {
+                return _socketFactory;
+            }
+
+            // The host's own socket transport (registered by UseKestrel) is built with Kestrel's memory pool
+            // and the application's SocketTransportOptions: the same transport the site would run without us.
+            _socketFactory = _services?.GetService(typeof(IEnumerable<IConnectionListenerFactory>)) is IEnumerable<IConnectionListenerFactory> registered
+                ? registered.OfType<SocketTransportFactory>().FirstOrDefault()
+                : null;
             return _socketFactory ??= new SocketTransportFactory(
                 Microsoft.Extensions.Options.Options.Create(new SocketTransportOptions
                 {
