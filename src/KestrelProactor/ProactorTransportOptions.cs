@@ -80,6 +80,12 @@ public sealed class ProactorTransportOptions
     public bool DisableMultishot { get; set; }
 
     /// <summary>
+    /// Receives straight into pipe memory instead of a provided buffer ring (the tier for kernels before 5.19).
+    /// For tests of that tier on newer kernels.
+    /// </summary>
+    internal bool DisableBufferRing { get; set; }
+
+    /// <summary>
     /// The memory pool for connection pipes. Kestrel's pool (from <c>IMemoryPoolFactory&lt;byte&gt;</c>) is used when <c>null</c>.
     /// </summary>
     /// <remarks>Defaults to <c>null</c>.</remarks>

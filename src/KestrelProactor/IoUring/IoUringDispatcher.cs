@@ -153,14 +153,17 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
             FeaturesInUse.Add("registered-ring-fd");
         }
 
-        _bufferRing = IoUringBufferRing.TryCreate(ring, BufferGroupId, options.ReceiveBufferCount, options.ReceiveBufferSize, out int bufferErrno);
+        int bufferErrno = 0;
+        _bufferRing = options.DisableBufferRing
+            ? null
+            : IoUringBufferRing.TryCreate(ring, BufferGroupId, options.ReceiveBufferCount, options.ReceiveBufferSize, out bufferErrno);
         if (_bufferRing is not null)
         {
             FeaturesInUse.Add($"buffer-ring={options.ReceiveBufferCount}x{options.ReceiveBufferSize}");
         }
         else
         {
-            RefusedFeatures.Add($"PBUF_RING ({Errno.Name(bufferErrno)})");
+            RefusedFeatures.Add(options.DisableBufferRing ? "PBUF_RING (disabled by option)" : $"PBUF_RING ({Errno.Name(bufferErrno)})");
         }
 
         // Multishot accept came with 5.19, as did buffer rings: their presence tells the tier.

@@ -16,6 +16,9 @@ public enum TransportKind
     Proactor,
     ProactorInline,
     ProactorSingleShot,
+
+    /// <summary>The tier for kernels without buffer rings: single-shot receives straight into pipe memory.</summary>
+    ProactorBasicTier,
 }
 
 internal static class TransportFactories
@@ -34,14 +37,8 @@ internal static class TransportFactories
     /// <summary>Proactor options for a kind; fallback is off, so a test can only pass on the native backend.</summary>
     public static ProactorTransportOptions CreateOptions(TransportKind kind, Action<ProactorTransportOptions>? configure = null)
     {
-        var options = new ProactorTransportOptions
-        {
-            AllowSocketTransportFallback = false,
-            DispatcherCount = 2,
-            UnsafePreferInlineScheduling = kind == TransportKind.ProactorInline,
-            DisableMultishot = kind == TransportKind.ProactorSingleShot,
-        };
-        configure?.Invoke(options);
+        var options = new ProactorTransportOptions();
+        Configure(kind, options, configure);
         return options;
     }
 
@@ -50,7 +47,8 @@ internal static class TransportFactories
         options.AllowSocketTransportFallback = false;
         options.DispatcherCount = 2;
         options.UnsafePreferInlineScheduling = kind == TransportKind.ProactorInline;
-        options.DisableMultishot = kind == TransportKind.ProactorSingleShot;
+        options.DisableMultishot = kind is TransportKind.ProactorSingleShot or TransportKind.ProactorBasicTier;
+        options.DisableBufferRing = kind == TransportKind.ProactorBasicTier;
         configure?.Invoke(options);
     }
 
