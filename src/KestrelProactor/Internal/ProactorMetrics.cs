@@ -35,7 +35,7 @@ internal sealed class ProactorMetrics : IDisposable
         NoBufferCount = _meter.CreateCounter<long>(
             "kestrel.proactor.receive_buffers_exhausted", "{event}", "Receives that found no free buffer in the buffer ring (-ENOBUFS).");
         CompletionQueueOverflows = _meter.CreateCounter<long>(
-            "kestrel.proactor.cq_overflows", "{completion}", "Completions the kernel had to hold back because the completion queue was full.");
+            "kestrel.proactor.cq_overflows", "{event}", "Passes that found completions held back by the kernel because the completion queue was full.");
         HandlerFaults = _meter.CreateCounter<long>(
             "kestrel.proactor.handler_faults", "{fault}", "Completion handlers that threw; each aborted its connection.");
         _meter.CreateObservableUpDownCounter(

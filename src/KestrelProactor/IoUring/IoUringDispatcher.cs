@@ -87,6 +87,12 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
     /// <summary>Kernel features this ring uses, for the start-up log line.</summary>
     public List<string> FeaturesInUse { get; } = new();
 
+    /// <summary>Completions the kernel dropped for lack of memory (should stay 0: NODROP holds them instead).</summary>
+    public long CompletionQueueOverflows { get; private set; }
+
+    /// <summary>Passes that found completions held back by the kernel because the CQ was full (delivered on the next enter).</summary>
+    public long CompletionQueueBacklogs { get; private set; }
+
     /// <summary>Completions for owners that no longer exist (should stay 0; counted for tests).</summary>
     public long StaleCompletions { get; private set; }
 
@@ -225,10 +231,18 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
             // EBUSY/EAGAIN: the kernel holds completions we have not read yet. Reading them below frees it.
         }
 
+        if (ring.HasOverflowBacklog)
+        {
+            // The CQ was full: the kernel keeps the rest and posts them at the next enter, which NeedsEnter
+            // forces as soon as this pass has made room.
+            CompletionQueueBacklogs++;
+            Context.Metrics.CompletionQueueOverflows.Add(1);
+        }
+
         uint overflow = ring.TakeOverflowDelta();
         if (overflow != 0)
         {
-            Context.Metrics.CompletionQueueOverflows.Add(overflow);
+            CompletionQueueOverflows += overflow;
             ProactorLog.CompletionQueueOverflow(Logger, Id, overflow);
         }
 

@@ -103,6 +103,9 @@ internal sealed unsafe class IoUringRing : IDisposable
     /// <summary>True when the kernel has deferred work or overflowed completions that only an enter will post.</summary>
     public bool NeedsEnter => (Volatile.Read(ref *_sqFlags) & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) != 0;
 
+    /// <summary>True while the kernel holds completions that did not fit in the CQ (NODROP keeps them for us).</summary>
+    public bool HasOverflowBacklog => (Volatile.Read(ref *_sqFlags) & IORING_SQ_CQ_OVERFLOW) != 0;
+
     /// <summary>Completions the kernel dropped or held back since the last call (CQ overflow).</summary>
     public uint TakeOverflowDelta()
     {
