@@ -29,6 +29,8 @@ internal sealed class ProactorInputPipe : PipeReader, IValueTaskSource<ReadResul
     private readonly long _pauseThreshold;
     private readonly long _resumeThreshold;
     private ManualResetValueTaskSourceCore<ReadResult> _readSource;
+    private CancellationTokenRegistration _readRegistration;
+    private CancellationToken _readToken;
 
     private Segment? _head;
     private int _headIndex;
@@ -280,7 +282,10 @@ internal sealed class ProactorInputPipe : PipeReader, IValueTaskSource<ReadResul
             _readSource.Reset();
             if (cancellationToken.CanBeCanceled)
             {
-                cancellationToken.UnsafeRegister(static state => ((ProactorInputPipe)state!).CancelPendingRead(), this);
+                // As with System.IO.Pipelines, a cancelled token fails the read with OperationCanceledException
+                // (CancelPendingRead instead returns a result marked IsCanceled).
+                _readToken = cancellationToken;
+                _readRegistration = cancellationToken.UnsafeRegister(static state => ((ProactorInputPipe)state!).CancelReadByToken(), this);
             }
 
             return new ValueTask<ReadResult>(this, _readSource.Version);
@@ -411,6 +416,21 @@ internal sealed class ProactorInputPipe : PipeReader, IValueTaskSource<ReadResul
         }
     }
 
+    private void CancelReadByToken()
+    {
+        bool pending;
+        lock (_sync)
+        {
+            pending = _readPending;
+            _readPending = false;
+        }
+
+        if (pending)
+        {
+            _readSource.SetException(new OperationCanceledException(_readToken));
+        }
+    }
+
     public override void CancelPendingRead()
     {
         bool complete;
@@ -538,7 +558,13 @@ internal sealed class ProactorInputPipe : PipeReader, IValueTaskSource<ReadResul
         return new Segment();
     }
 
-    ReadResult IValueTaskSource<ReadResult>.GetResult(short token) => _readSource.GetResult(token);
+    ReadResult IValueTaskSource<ReadResult>.GetResult(short token)
+    {
+        _readRegistration.Dispose();
+        _readRegistration = default;
+        _readToken = default;
+        return _readSource.GetResult(token);
+    }
 
     ValueTaskSourceStatus IValueTaskSource<ReadResult>.GetStatus(short token) => _readSource.GetStatus(token);
 

@@ -200,6 +200,27 @@ public sealed class ConnectionShutdownTests
 
     [Theory]
     [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
+    public async Task Input_ReadCancelledByToken_ThrowsOperationCanceled_ThenDataStillArrives(TransportKind kind)
+    {
+        // Arrange
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind);
+        (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+        using var cancel = new CancellationTokenSource();
+        Task<ReadResult> pendingRead = connection.Transport.Input.ReadAsync(cancel.Token).AsTask();
+
+        // Act
+        cancel.Cancel();
+        Exception? error = await Record.ExceptionAsync(() => pendingRead.DefaultTimeout());
+        await RawClient.SendAllAsync(client, "after cancel"u8.ToArray());
+        byte[] received = await ServerPipes.ReadExactlyAsync(connection.Transport.Input, "after cancel".Length);
+
+        // Assert: as with System.IO.Pipelines, a token cancels with an exception and loses no data.
+        Assert.IsAssignableFrom<OperationCanceledException>(error);
+        Assert.Equal("after cancel"u8.ToArray(), received);
+    }
+
+    [Theory]
+    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
     public async Task ConnectionClosed_AfterAbort_FiresOnlyOnceDescriptorIsClosed(TransportKind kind)
     {
         // Arrange: the socket's SafeHandle is the only view of the descriptor both transports expose.
