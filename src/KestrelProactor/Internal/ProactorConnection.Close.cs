@@ -16,6 +16,7 @@ internal sealed partial class ProactorConnection
     private bool _closeSubmitted;
     private bool _closeCompleted;
     private bool _finished;
+    private Task? _connectionClosedTask;
 
     /// <summary>Closes with RST from any thread; pending receives and sends are cancelled.</summary>
     public override void Abort(ConnectionAbortedException abortReason)
@@ -122,22 +123,46 @@ internal sealed partial class ProactorConnection
         _finished = true;
         CompleteInputWriter();
         Dispatcher.Unregister(this);
-        // ConnectionClosed callbacks are application code: keep them off the dispatcher thread.
-        ThreadPool.UnsafeQueueUserWorkItem(static connection =>
+        FireConnectionClosed();
+        // DisposeAsync returns (and disposes the token source) only after the callbacks have run.
+        _connectionClosedTask!.ContinueWith(
+            static (_, state) => ((ProactorConnection)state!)._closedTcs.TrySetResult(),
+            this,
+            CancellationToken.None,
+            TaskContinuationOptions.ExecuteSynchronously,
+            TaskScheduler.Default);
+    }
+
+    /// <summary>
+    /// Fires <see cref="ConnectionClosed"/> once: when the peer ends its side (FIN or reset; Kestrel then aborts
+    /// the request in progress, as with its socket transport), or else when the descriptor is closed.
+    /// Dispatcher thread only.
+    /// </summary>
+    private void FireConnectionClosed()
+    {
+        if (_connectionClosedTask is not null)
         {
-            try
+            return;
+        }
+
+        // The callbacks are application code: keep them off the dispatcher thread.
+        _connectionClosedTask = Task.Factory.StartNew(
+            static state =>
             {
-                connection._connectionClosedSource.Cancel();
-            }
-            catch (Exception ex)
-            {
-                // A ConnectionClosed callback threw: that is the application's bug, not a reason to crash.
-                ProactorLog.ConnectionClosedCallbackFault(connection._logger, connection.ConnectionId, ex);
-            }
-            finally
-            {
-                connection._closedTcs.TrySetResult();
-            }
-        }, this, preferLocal: false);
+                var connection = (ProactorConnection)state!;
+                try
+                {
+                    connection._connectionClosedSource.Cancel();
+                }
+                catch (Exception ex)
+                {
+                    // A ConnectionClosed callback threw: that is the application's bug, not a reason to crash.
+                    ProactorLog.ConnectionClosedCallbackFault(connection._logger, connection.ConnectionId, ex);
+                }
+            },
+            this,
+            CancellationToken.None,
+            TaskCreationOptions.DenyChildAttach,
+            TaskScheduler.Default);
     }
 }

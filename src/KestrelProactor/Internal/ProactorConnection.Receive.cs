@@ -131,6 +131,7 @@ internal sealed partial class ProactorConnection
             {
                 // 0 bytes: the peer sent FIN. The output side stays open (half-close).
                 EndInput(null);
+                FireConnectionClosed();
                 return false;
             }
 
@@ -149,11 +150,13 @@ internal sealed partial class ProactorConnection
                 case SocketError.ConnectionReset:
                     ProactorLog.ConnectionReset(_logger, ConnectionId);
                     EndInput(new ConnectionResetException(result.ToString(), result.ToException()));
+                    FireConnectionClosed();
                     BeginClose(abortive: true);
                     return false;
                 default:
                     ProactorLog.ConnectionError(_logger, ConnectionId, "receive", result.ToString());
                     EndInput(new ConnectionResetException(result.ToString(), result.ToException()));
+                    FireConnectionClosed();
                     BeginClose(abortive: true);
                     return false;
             }
