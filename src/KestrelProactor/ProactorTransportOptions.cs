@@ -80,6 +80,14 @@ public sealed class ProactorTransportOptions
     public bool DisableMultishot { get; set; }
 
     /// <summary>
+    /// Sends of at least this many bytes use zero-copy sends (<c>IORING_OP_SEND_ZC</c>/<c>SENDMSG_ZC</c>, 6.0+):
+    /// the kernel sends from the pipe's memory, which stays pinned until its notification. Worth it for large
+    /// responses on real NICs; on loopback it only costs (the kernel copies anyway), hence off by default.
+    /// </summary>
+    /// <remarks>Defaults to 0 (off). Allowed: 0, or 1024 and more.</remarks>
+    public int ZeroCopySendThreshold { get; set; }
+
+    /// <summary>
     /// Receives straight into pipe memory instead of a provided buffer ring (the tier for kernels before 5.19).
     /// For tests of that tier on newer kernels.
     /// </summary>

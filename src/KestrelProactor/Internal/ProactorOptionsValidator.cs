@@ -20,6 +20,8 @@ internal static class ProactorOptionsValidator
         Check(options.ReceiveBufferSize is >= 512 and <= 1 << 20, nameof(options.ReceiveBufferSize), options.ReceiveBufferSize, "512 to 1048576");
         Check(options.MaxReadBufferSize is null or >= 0, nameof(options.MaxReadBufferSize), options.MaxReadBufferSize, "null, 0 (unbounded) or a positive number of bytes");
         Check(options.MaxWriteBufferSize is null or >= 0, nameof(options.MaxWriteBufferSize), options.MaxWriteBufferSize, "null, 0 (unbounded) or a positive number of bytes");
+        Check(options.ZeroCopySendThreshold == 0 || options.ZeroCopySendThreshold >= 1024,
+            nameof(options.ZeroCopySendThreshold), options.ZeroCopySendThreshold, "0 (off), or 1024 bytes and more");
         Check(options.Backlog >= 1, nameof(options.Backlog), options.Backlog, "1 or more");
     }
 

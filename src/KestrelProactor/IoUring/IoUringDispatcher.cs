@@ -36,6 +36,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
     private ulong* _wakeBuffer;
     private bool _multishotAccept;
     private bool _multishotReceive;
+    private bool _zeroCopySend;
 
     public IoUringDispatcher(int id, ProactorBackendContext context) : base(id, context)
     {
@@ -186,6 +187,16 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
             FeaturesInUse.Add("multishot-recv");
         }
 
+        _zeroCopySend = options.ZeroCopySendThreshold > 0 && supported[IORING_OP_SEND_ZC] && supported[IORING_OP_SENDMSG_ZC];
+        if (_zeroCopySend)
+        {
+            FeaturesInUse.Add($"send-zc>={options.ZeroCopySendThreshold}");
+        }
+        else if (options.ZeroCopySendThreshold > 0)
+        {
+            RefusedFeatures.Add("SEND_ZC (not supported by this kernel)");
+        }
+
         int wakeFd = Sys.eventfd(0, Sys.EFD_CLOEXEC);
         if (wakeFd < 0)
         {
@@ -296,8 +307,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
                 OnReceiveCompletion(owner, cqe);
                 break;
             case OperationKind.Send:
-                ReturnSendBlock((ProactorConnection)owner);
-                DispatchCompletion(owner, kind, ToResult(cqe.res), more, default, null);
+                OnSendCompletion((ProactorConnection)owner, cqe, more);
                 break;
             case OperationKind.Accept:
                 DispatchCompletion(owner, kind, ToResult(cqe.res), more, default, cqe.res >= 0 ? new SafeFileDescriptorHandle(cqe.res) : null);
@@ -306,6 +316,27 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
                 DispatchCompletion(owner, kind, ToResult(cqe.res), more, default, null);
                 break;
         }
+    }
+
+    private void OnSendCompletion(ProactorConnection connection, in io_uring_cqe cqe, bool more)
+    {
+        var block = (IoUringSendBlock?)connection.SendState;
+        int res = cqe.res;
+        if (more && block is not null)
+        {
+            // A zero-copy send's result; the memory stays in use until the notification that follows.
+            block.PendingZeroCopyResult = res;
+            return;
+        }
+
+        if ((cqe.flags & IORING_CQE_F_NOTIF) != 0)
+        {
+            // The notification: now the pipe's memory may go back. Report the result the first CQE carried.
+            res = block?.PendingZeroCopyResult ?? 0;
+        }
+
+        ReturnSendBlock(connection);
+        DispatchCompletion(connection, OperationKind.Send, ToResult(res), more: false, default, null);
     }
 
     private void OnReceiveCompletion(IOperationOwner owner, in io_uring_cqe cqe)
@@ -537,15 +568,16 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
         io_uring_sqe* sqe = NextSqe();
         sqe->fd = FdOf(connection.Socket);
         sqe->op_flags = Sys.MSG_NOSIGNAL;
+        bool zeroCopy = _zeroCopySend && block.Length >= Options.ZeroCopySendThreshold;
         if (segments == 1)
         {
-            sqe->opcode = IORING_OP_SEND;
+            sqe->opcode = zeroCopy ? IORING_OP_SEND_ZC : IORING_OP_SEND;
             sqe->addr = (ulong)firstAddress;
             sqe->len = (uint)firstLength;
         }
         else
         {
-            sqe->opcode = IORING_OP_SENDMSG;
+            sqe->opcode = zeroCopy ? IORING_OP_SENDMSG_ZC : IORING_OP_SENDMSG;
             sqe->addr = (ulong)block.Header;
         }
 

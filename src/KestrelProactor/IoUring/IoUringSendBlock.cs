@@ -17,6 +17,12 @@ internal sealed unsafe class IoUringSendBlock : IDisposable
     private readonly MemoryHandle[] _pins = new MemoryHandle[MaxSegments];
     private int _pinCount;
 
+    /// <summary>A zero-copy send's result, kept until its notification says the kernel let go of the memory.</summary>
+    public int? PendingZeroCopyResult { get; set; }
+
+    /// <summary>Bytes the prepared send covers.</summary>
+    public long Length { get; private set; }
+
     public IoUringSendBlock()
     {
         Native = (byte*)NativeMemory.AllocZeroed((nuint)(sizeof(Sys.msghdr) + MaxSegments * sizeof(Sys.iovec)));
@@ -60,6 +66,14 @@ internal sealed unsafe class IoUringSendBlock : IDisposable
         }
 
         _pinCount = count;
+        long length = 0;
+        for (int i = 0; i < count; i++)
+        {
+            length += (long)Vectors[i].iov_len;
+        }
+
+        Length = length;
+        PendingZeroCopyResult = null;
         *Header = default;
         Header->msg_iov = Vectors;
         Header->msg_iovlen = (nuint)count;

@@ -57,6 +57,7 @@ internal static unsafe partial class Interop
         public const byte IORING_OP_SHUTDOWN = 34;
         public const byte IORING_OP_MSG_RING = 40;
         public const byte IORING_OP_SEND_ZC = 47;
+        public const byte IORING_OP_SENDMSG_ZC = 48;
         public const byte IORING_OP_LAST_KNOWN = 58;
 
         // SQE flags.
@@ -75,6 +76,7 @@ internal static unsafe partial class Interop
         // CQE flags.
         public const uint IORING_CQE_F_BUFFER = 1u << 0;
         public const uint IORING_CQE_F_MORE = 1u << 1;
+        public const uint IORING_CQE_F_NOTIF = 1u << 3;
         public const int IORING_CQE_BUFFER_SHIFT = 16;
 
         // Register opcodes.
