@@ -9,16 +9,7 @@ namespace KestrelProactor.Internal;
 internal sealed class ProactorOptionsValidation : IValidateOptions<ProactorTransportOptions>
 {
     public ValidateOptionsResult Validate(string? name, ProactorTransportOptions options)
-    {
-        try
-        {
-            ProactorOptionsValidator.Validate(options);
-            return ValidateOptionsResult.Success;
-        }
-        catch (ArgumentOutOfRangeException ex)
-        {
-            // The validator's message already names the option, its value and the allowed values.
-            return ValidateOptionsResult.Fail(ex.Message);
-        }
-    }
+        => ProactorOptionsValidator.TryGetError(options, out _, out _, out string? message)
+            ? ValidateOptionsResult.Fail(message)
+            : ValidateOptionsResult.Success;
 }
