@@ -22,7 +22,7 @@ public sealed class PackageTests : IDisposable
 
     private Dictionary<string, string?> ChildEnvironment => new()
     {
-        // The app's restore must find only this run's package, and leave the user's package cache alone.
+        // The app's restore finds only this run's package and leaves the user's package folder alone.
         ["NUGET_PACKAGES"] = Path.Combine(_work.FullName, "packages"),
     };
 
@@ -41,8 +41,9 @@ public sealed class PackageTests : IDisposable
     [Fact]
     public async Task Pack_ThenReferenceFromFreshWebApp_ServesOverProactor()
     {
-        // Arrange: pack into the feed, outside the source tree's bin/obj.
-        await ChildProcess.RunDotnetAsync(BuildTimeout, RepositoryPaths.Root, ChildEnvironment,
+        // Arrange: pack into the feed, outside the source tree's bin/obj. The pack restores from the usual package
+        // folder, which the solution's own restore has filled.
+        await ChildProcess.RunDotnetAsync(BuildTimeout, RepositoryPaths.Root, environment: null,
             "pack", Path.Combine(RepositoryPaths.Root, "src", "KestrelProactor", "KestrelProactor.csproj"),
             "-c", "Release", "-o", Feed, $"-p:Version={_version}",
             "--artifacts-path", Path.Combine(_work.FullName, "artifacts"), "-nodeReuse:false");
