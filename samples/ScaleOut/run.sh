@@ -5,6 +5,7 @@
 #
 #   samples/ScaleOut/run.sh            # 30 s of load, 32 connections
 #   DURATION=60 CONNECTIONS=64 samples/ScaleOut/run.sh
+#   NEXT_UPSTREAM=off samples/ScaleOut/run.sh   # without nginx's retries: shows the failures the check catches
 #
 # Everything listens on 127.0.0.1 only; nginx runs from a temporary prefix with its own config (not the system
 # service). Every wait is bounded.
@@ -16,6 +17,7 @@ CONNECTIONS=${CONNECTIONS:-32}
 LB_PORT=${LB_PORT:-5200}
 PORT_A=${PORT_A:-5201}
 PORT_B=${PORT_B:-5202}
+NEXT_UPSTREAM=${NEXT_UPSTREAM:-error timeout http_502 http_503}
 STOP_WAIT=${STOP_WAIT:-40}   # seconds to wait for an instance to drain and exit (its ShutdownTimeout is 20)
 
 log() { printf 'scaleout: %s\n' "$*"; }
@@ -51,6 +53,7 @@ cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   [ -n "$nginx_pid" ] && kill -QUIT "$nginx_pid" 2>/dev/null || true
   wait 2>/dev/null || true
+  rm -rf "$work/app"
   log "logs kept in $work"
 }
 trap cleanup EXIT
@@ -124,7 +127,7 @@ http {
       proxy_set_header Connection "";
       # GET is idempotent, so nginx may resend it after "error" even when the upstream had received it
       # (an idle keep-alive connection closed by a draining instance).
-      proxy_next_upstream error timeout http_502 http_503;
+      proxy_next_upstream $NEXT_UPSTREAM;
       proxy_next_upstream_tries 3;
       proxy_connect_timeout 1s;
     }
