@@ -73,7 +73,7 @@ wait_ready() { # port: up to 20 s for /healthz
 
 start_instance() { # name port
   Instance=$1 ASPNETCORE_URLS="http://127.0.0.1:$2" DOTNET_gcServer=0 \
-    dotnet "$work/app/ScaleOut.dll" >>"$work/$1.log" 2>&1 &
+    dotnet "$work/app/ScaleOut.dll" --contentRoot "$work/app" >>"$work/$1.log" 2>&1 &
   pids[$1]=$!
   wait_ready "$2" || { log "instance $1 did not become ready on port $2"; cat "$work/$1.log"; exit 1; }
   log "instance $1 (pid ${pids[$1]}) serves on 127.0.0.1:$2: $(curl -s --max-time 2 "http://127.0.0.1:$2/")"
