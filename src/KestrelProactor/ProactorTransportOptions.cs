@@ -8,6 +8,14 @@ namespace KestrelProactor;
 public sealed class ProactorTransportOptions
 {
     /// <summary>
+    /// The configuration section the hosting startup binds these options from: <c>"Kestrel:Proactor"</c>, so
+    /// <c>appsettings.json</c> holds them under <c>"Kestrel": { "Proactor": { ... } }</c> and environment variables
+    /// read <c>Kestrel__Proactor__DispatcherCount</c>. Pass <c>configuration.GetSection(ConfigurationSectionName)</c>
+    /// to <c>UseProactorTransport(IConfiguration)</c> to use the same place.
+    /// </summary>
+    public const string ConfigurationSectionName = "Kestrel:Proactor";
+
+    /// <summary>
     /// The number of dispatchers: each owns one io_uring ring (or completion port) and one named thread.
     /// </summary>
     /// <remarks>Defaults to <see cref="Environment.ProcessorCount"/>. Allowed: 1 to 256.</remarks>

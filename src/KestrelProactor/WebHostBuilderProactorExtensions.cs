@@ -1,6 +1,6 @@
 using KestrelProactor;
-using Microsoft.AspNetCore.Connections;
-using Microsoft.Extensions.DependencyInjection;
+using KestrelProactor.Internal;
+using Microsoft.Extensions.Configuration;
 
 namespace Microsoft.AspNetCore.Hosting;
 
@@ -23,12 +23,20 @@ public static class WebHostBuilderProactorExtensions
     {
         ArgumentNullException.ThrowIfNull(hostBuilder);
         ArgumentNullException.ThrowIfNull(configureOptions);
-        return hostBuilder.ConfigureServices(services =>
-        {
-            // Kestrel walks listener factories in reverse registration order, so a plain Add after
-            // UseKestrel's TryAdd of the socket transport puts this factory first.
-            services.AddSingleton<IConnectionListenerFactory, ProactorTransportFactory>();
-            services.Configure(configureOptions);
-        });
+        return hostBuilder.ConfigureServices(services => ProactorServices.Add(services, configuration: null, configureOptions));
+    }
+
+    /// <summary>
+    /// Serves Kestrel's endpoints with the proactor transport, its options bound from <paramref name="configuration"/>
+    /// (usually the <see cref="ProactorTransportOptions.ConfigurationSectionName"/> section, so that appsettings.json and
+    /// environment variables such as <c>Kestrel__Proactor__DispatcherCount</c> set them). The options are validated
+    /// when the host starts: a key that names no option, a value that does not convert, or a value out of range
+    /// stops the start with a message naming the option and what it allows.
+    /// </summary>
+    public static IWebHostBuilder UseProactorTransport(this IWebHostBuilder hostBuilder, IConfiguration configuration)
+    {
+        ArgumentNullException.ThrowIfNull(hostBuilder);
+        ArgumentNullException.ThrowIfNull(configuration);
+        return hostBuilder.ConfigureServices(services => ProactorServices.Add(services, configuration, configureOptions: null));
     }
 }

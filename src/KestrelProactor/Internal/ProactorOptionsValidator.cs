@@ -1,40 +1,66 @@
+using System.Diagnostics.CodeAnalysis;
+
 namespace KestrelProactor.Internal;
 
 /// <summary>
-/// Checks <see cref="ProactorTransportOptions"/> at bind time; each message names the option and what it allows.
+/// Checks <see cref="ProactorTransportOptions"/>: at bind time (<see cref="Validate"/>) and, through the options
+/// system, when the host starts (<see cref="ProactorOptionsValidation"/>). Each message names the option, its value
+/// and what it allows.
 /// </summary>
 internal static class ProactorOptionsValidator
 {
+    /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> for the first option out of range.</summary>
     public static void Validate(ProactorTransportOptions options)
     {
+        if (TryGetError(options, out string? name, out object? value, out string? message))
+        {
+            throw new ArgumentOutOfRangeException(name, value, message);
+        }
+    }
+
+    /// <summary>Finds the first option out of range; <paramref name="message"/> is the text <see cref="Validate"/> throws with.</summary>
+    public static bool TryGetError(
+        ProactorTransportOptions options,
+        [NotNullWhen(true)] out string? name,
+        out object? value,
+        [NotNullWhen(true)] out string? message)
+    {
         ArgumentNullException.ThrowIfNull(options);
-        Check(options.DispatcherCount is >= 1 and <= 256, nameof(options.DispatcherCount), options.DispatcherCount, "1 to 256");
-        Check(IsPowerOfTwo(options.SubmissionQueueSize) && options.SubmissionQueueSize is >= 4 and <= 32768,
+        foreach (Rule rule in Rules(options))
+        {
+            if (!rule.Valid)
+            {
+                name = $"{nameof(ProactorTransportOptions)}.{rule.Name}";
+                value = rule.Value;
+                message = $"{name} is {rule.Value?.ToString() ?? "null"}; allowed: {rule.Allowed}.";
+                return true;
+            }
+        }
+
+        (name, value, message) = (null, null, null);
+        return false;
+    }
+
+    private static IEnumerable<Rule> Rules(ProactorTransportOptions options)
+    {
+        yield return new(options.DispatcherCount is >= 1 and <= 256, nameof(options.DispatcherCount), options.DispatcherCount, "1 to 256");
+        yield return new(IsPowerOfTwo(options.SubmissionQueueSize) && options.SubmissionQueueSize is >= 4 and <= 32768,
             nameof(options.SubmissionQueueSize), options.SubmissionQueueSize, "a power of two from 4 to 32768");
-        Check(options.CompletionQueueSize == 0 ||
+        yield return new(options.CompletionQueueSize == 0 ||
               (IsPowerOfTwo(options.CompletionQueueSize) && options.CompletionQueueSize >= options.SubmissionQueueSize && options.CompletionQueueSize <= 1 << 20),
             nameof(options.CompletionQueueSize), options.CompletionQueueSize,
             $"0 (automatic), or a power of two from {nameof(options.SubmissionQueueSize)} ({options.SubmissionQueueSize}) to 1048576");
-        Check(IsPowerOfTwo(options.ReceiveBufferCount) && options.ReceiveBufferCount is >= 2 and <= 32768,
+        yield return new(IsPowerOfTwo(options.ReceiveBufferCount) && options.ReceiveBufferCount is >= 2 and <= 32768,
             nameof(options.ReceiveBufferCount), options.ReceiveBufferCount, "a power of two from 2 to 32768");
-        Check(options.ReceiveBufferSize is >= 512 and <= 1 << 20, nameof(options.ReceiveBufferSize), options.ReceiveBufferSize, "512 to 1048576");
-        Check(options.MaxReadBufferSize is null or >= 0, nameof(options.MaxReadBufferSize), options.MaxReadBufferSize, "null, 0 (unbounded) or a positive number of bytes");
-        Check(options.MaxWriteBufferSize is null or >= 0, nameof(options.MaxWriteBufferSize), options.MaxWriteBufferSize, "null, 0 (unbounded) or a positive number of bytes");
-        Check(options.ZeroCopySendThreshold == 0 || options.ZeroCopySendThreshold >= 1024,
+        yield return new(options.ReceiveBufferSize is >= 512 and <= 1 << 20, nameof(options.ReceiveBufferSize), options.ReceiveBufferSize, "512 to 1048576");
+        yield return new(options.MaxReadBufferSize is null or >= 0, nameof(options.MaxReadBufferSize), options.MaxReadBufferSize, "null, 0 (unbounded) or a positive number of bytes");
+        yield return new(options.MaxWriteBufferSize is null or >= 0, nameof(options.MaxWriteBufferSize), options.MaxWriteBufferSize, "null, 0 (unbounded) or a positive number of bytes");
+        yield return new(options.ZeroCopySendThreshold == 0 || options.ZeroCopySendThreshold >= 1024,
             nameof(options.ZeroCopySendThreshold), options.ZeroCopySendThreshold, "0 (off), or 1024 bytes and more");
-        Check(options.Backlog >= 1, nameof(options.Backlog), options.Backlog, "1 or more");
+        yield return new(options.Backlog >= 1, nameof(options.Backlog), options.Backlog, "1 or more");
     }
 
     private static bool IsPowerOfTwo(int value) => value > 0 && (value & (value - 1)) == 0;
 
-    private static void Check(bool valid, string name, object? value, string allowed)
-    {
-        if (!valid)
-        {
-            throw new ArgumentOutOfRangeException(
-                $"{nameof(ProactorTransportOptions)}.{name}",
-                value,
-                $"{nameof(ProactorTransportOptions)}.{name} is {value?.ToString() ?? "null"}; allowed: {allowed}.");
-        }
-    }
+    private readonly record struct Rule(bool Valid, string Name, object? Value, string Allowed);
 }
