@@ -31,6 +31,9 @@ internal sealed partial class ProactorConnection
 
     public bool ReceiveActive => _receiveActive;
 
+    /// <summary>True while back-pressure holds receiving (the application has not caught up).</summary>
+    public bool IsReceivePaused => _inputFlushPending;
+
     /// <summary>True once the connection has started closing: no new operation may be submitted for it.</summary>
     public bool IsClosing => _closeStarted;
 

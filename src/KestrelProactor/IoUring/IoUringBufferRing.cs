@@ -22,6 +22,13 @@ internal sealed unsafe class IoUringBufferRing : IDisposable
     private ushort _tail;
     private bool _tailDirty;
 
+    // Buffers not yet handed to the kernel. The ring is FIFO, so a fully provided ring cycles through (and
+    // makes resident) every buffer even at low load; providing only what the load needs keeps the working set,
+    // and the RSS, small. Returned buffers go straight back, so they stay hot.
+    private readonly Stack<ushort> _unprovided = new();
+    private int _available;
+    private int _lowWater;
+
     private IoUringBufferRing(IoUringRing ring, ushort groupId, int count, int bufferSize, SafeMappedRegionHandle entries, SafeMappedRegionHandle buffers)
     {
         _ring = ring;
@@ -82,14 +89,38 @@ internal sealed unsafe class IoUringBufferRing : IDisposable
 
         errno = 0;
         var bufferRing = new IoUringBufferRing(ring, groupId, count, bufferSize, entries, buffers);
-        for (int i = 0; i < count; i++)
+        for (int i = count - 1; i >= 0; i--)
         {
-            bufferRing.Add((ushort)i);
+            bufferRing._unprovided.Push((ushort)i);
         }
 
-        bufferRing.Lent = 0;
+        bufferRing._lowWater = Math.Min(count, InitialLowWater);
+        bufferRing.EnsureHeadroom();
         bufferRing.Publish();
         return bufferRing;
+    }
+
+    private const int InitialLowWater = 32;
+
+    /// <summary>Buffers the kernel can pick from now.</summary>
+    public int Available => _available;
+
+    /// <summary>Buffers ever handed to the kernel (the rest were never needed and are not resident).</summary>
+    public int Provisioned => Count - _unprovided.Count;
+
+    /// <summary>Tops the ring up to its low-water mark from buffers never used yet; call once per pass.</summary>
+    public void EnsureHeadroom()
+    {
+        while (_available < _lowWater && _unprovided.TryPop(out ushort bufferId))
+        {
+            Add(bufferId);
+        }
+    }
+
+    /// <summary>The kernel found the ring empty (-ENOBUFS): keep more headroom from now on.</summary>
+    public void OnExhausted()
+    {
+        _lowWater = Math.Min(Count, _lowWater * 2);
     }
 
     private static nuint RoundToPage(nuint size) => (size + 4095) & ~(nuint)4095;
@@ -98,6 +129,7 @@ internal sealed unsafe class IoUringBufferRing : IDisposable
     public ReadOnlySpan<byte> GetData(ushort bufferId, int length)
     {
         Lent++;
+        _available--;
         return new ReadOnlySpan<byte>(_buffers.Pointer + (nint)bufferId * BufferSize, length);
     }
 
@@ -115,12 +147,14 @@ internal sealed unsafe class IoUringBufferRing : IDisposable
         entry->len = (uint)BufferSize;
         entry->bid = bufferId;
         _tail++;
+        _available++;
         _tailDirty = true;
     }
 
-    /// <summary>Publishes returned buffers; called once per pass, before the next submit.</summary>
+    /// <summary>Publishes returned and newly provided buffers; called once per pass, before the next submit.</summary>
     public void Publish()
     {
+        EnsureHeadroom();
         if (!_tailDirty)
         {
             return;

@@ -348,6 +348,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
             // Every buffer of the ring was in use when data arrived. Nothing was lost: the data waits in the
             // socket. Retry once this pass has returned buffers.
             Context.Metrics.NoBufferCount.Add(1);
+            _bufferRing?.OnExhausted();
             _receiveRetries.Add(connection);
             _receivesStarved = true;
             Table.OnSubmitted(connection.Token); // still counted as in flight until resubmitted
@@ -388,9 +389,10 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
         {
             // The placeholder count taken at -ENOBUFS is handed to the new submission.
             Table.OnCompleted(connection.Token.ToUserData(OperationKind.Receive), final: true);
-            if (connection.IsClosing)
+            if (connection.IsClosing || connection.IsReceivePaused)
             {
-                // Closed while waiting for buffers: end the receive as cancelled, which lets the close go on.
+                // Closing, or paused for back-pressure while it waited for buffers: end the receive as
+                // cancelled; the close goes on, or the resume re-arms.
                 DispatchCompletion(connection, OperationKind.Receive, ToResult(-Errno.ECANCELED), more: false, default, null);
             }
             else
