@@ -53,7 +53,7 @@ public sealed class E2EServer : WebApplicationFactory<E2EServer>
     /// <summary>The value of <see cref="E2EApp.TransportHeader"/> every response of this server must carry.</summary>
     public string ExpectedTransport => Kind == TransportKind.Sockets
         ? E2EApp.SocketsTransport
-        : E2EApp.ProactorTransport(OperatingSystem.IsWindows() ? "iocp" : "io_uring");
+        : E2EApp.ProactorTransport(TransportFactories.ExpectedBackend);
 
     /// <summary>
     /// Starts a server; <paramref name="listen"/> replaces the default plain-HTTP endpoint on 127.0.0.1:0.
@@ -138,7 +138,7 @@ public sealed class E2EServer : WebApplicationFactory<E2EServer>
 
         var factory = Assert.Single(proactorFactories);
         Assert.True(
-            factory.ActiveBackend is "io_uring" or "iocp",
+            factory.ActiveBackend == TransportFactories.ExpectedBackend,
             $"The proactor factory bound with '{factory.ActiveBackend}' (fallback reason: {factory.FallbackReason}).");
     }
 }
