@@ -24,7 +24,9 @@ public sealed class E2EServer : WebApplicationFactory<E2EServer>
     {
         // The factory looks for the app's content root next to a solution file; this app has none, and it
         // reads this setting (through the ASPNETCORE_ environment prefix) before anything else.
-        Environment.SetEnvironmentVariable("ASPNETCORE_TEST_CONTENTROOT_KESTRELPROACTOR_TESTS", AppContext.BaseDirectory);
+        // The key is named after this assembly, which differs when the Windows test project compiles these tests in.
+        string assembly = typeof(E2EServer).Assembly.GetName().Name!.ToUpperInvariant().Replace('.', '_');
+        Environment.SetEnvironmentVariable("ASPNETCORE_TEST_CONTENTROOT_" + assembly, AppContext.BaseDirectory);
     }
 
     private E2EServer(TransportKind kind, Action<KestrelServerOptions>? listen, Action<ProactorTransportOptions>? configureProactor)
