@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the Windows (IOCP) tests on Linux under Wine: publishes tests/KestrelProactor.Windows.Tests for win-x64,
 # self-contained, and runs the xunit.v3 exe. Exits non-zero when any test fails or the run cannot start.
+# The last line is "Windows (IOCP under Wine): PASS|FAIL ... Failed: N, Passed: N, Skipped: N, Total: N".
 # usage: tests/windows/run-under-wine.sh [extra xunit.v3 arguments, e.g. -class Name]
 # WINE_WORK=DIR keeps the prefix and the published build between runs (default: a fresh temporary directory).
 set -euo pipefail
@@ -37,12 +38,10 @@ status=0
 "$wine" "$work/out/KestrelProactor.Windows.Tests.exe" -noColor -xml "Z:${results//\//\\}" "$@" || status=$?
 
 if [ -f "$results" ]; then
-  summary=$(python3 - "$results" <<'PY'
-import sys, xml.etree.ElementTree as ET
-a = ET.parse(sys.argv[1]).getroot().find('assembly')
-print(f"total={a.get('total')} passed={a.get('passed')} failed={a.get('failed')} skipped={a.get('skipped')} errors={a.get('errors', '0')}")
-PY
-)
+  # The same shape as `dotnet test`'s per-assembly summary, so .ci/run's sum picks it up.
+  attr() { grep -o "<assembly [^>]*" "$results" | head -1 | sed -nE "s/.*[[:space:]]$1=\"([0-9]+)\".*/\1/p"; }
+  failed=$(attr failed); errors=$(attr errors)
+  summary="Failed: $(( ${failed:-0} + ${errors:-0} )), Passed: $(attr passed), Skipped: $(attr skipped), Total: $(attr total)"
 else
   summary="no results (the test exe did not run to the end)"
   [ "$status" -ne 0 ] || status=1

@@ -108,6 +108,26 @@ public sealed class IocpBackendTests
     }
 
     [Fact]
+    public async Task IdleConnections_WaitingWithZeroByteReceives_HoldNoPipeMemory()
+    {
+        SkipUnlessWindows();
+        var pool = new TrackingMemoryPool();
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, memoryPool: pool);
+        var connections = new List<ProactorConnection>();
+        for (int i = 0; i < 20; i++)
+        {
+            (_, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+            connections.Add(Assert.IsType<ProactorConnection>(connection));
+        }
+
+        // Act: every connection has its receive armed and nothing to read.
+        await IocpTestServer.WaitUntilAsync(() => connections.All(c => c.ReceiveActive), "every receive is armed");
+
+        // Assert: a zero-byte receive rents nothing; pipe memory is taken only when data has arrived.
+        Assert.Equal(0, pool.Outstanding);
+    }
+
+    [Fact]
     public async Task GatherSend_MoreThan1024Segments_ArrivesWhole()
     {
         SkipUnlessWindows();
