@@ -124,7 +124,9 @@ internal sealed unsafe partial class IocpDispatcher
     {
         IocpOperation operation = StateOf(connection).Receive;
         Track(operation);
-        IssueReceive(connection, operation, zeroByte: true);
+        // While data streams in (the last receive filled its buffer), more is almost surely waiting: read it at
+        // once instead of paying a zero-byte receive per buffer. Otherwise wait for data holding no memory.
+        IssueReceive(connection, operation, zeroByte: !operation.LastReceiveFilled);
     }
 
     /// <summary>
@@ -137,10 +139,6 @@ internal sealed unsafe partial class IocpDispatcher
         {
             operation.Prepare();
             operation.ZeroByte = zeroByte;
-            if (zeroByte)
-            {
-                operation.AfterZeroByte = false;
-            }
             IocpOperationHeader* header = operation.Header;
             if (zeroByte)
             {
@@ -179,7 +177,6 @@ internal sealed unsafe partial class IocpDispatcher
                     }
 
                     zeroByte = false;
-                    operation.AfterZeroByte = true;
                     continue;
                 }
 
@@ -197,20 +194,6 @@ internal sealed unsafe partial class IocpDispatcher
         }
     }
 
-    private static bool TryGetPendingError(ProactorConnection connection, out SocketError error)
-    {
-        int value = 0;
-        int length = sizeof(int);
-        error = SocketError.Success;
-        if (Winsock.getsockopt(HandleOf(connection.Socket), Winsock.SOL_SOCKET, Winsock.SO_ERROR, &value, &length) != 0 || value == 0)
-        {
-            return false;
-        }
-
-        error = (SocketError)value;
-        return true;
-    }
-
     private static IoResult Cancelled => IoResult.Failure(SocketError.OperationAborted, 0, "cancelled");
 
     private void CompleteReceive(ProactorConnection connection, IocpOperation operation, IoResult result)
@@ -222,7 +205,6 @@ internal sealed unsafe partial class IocpDispatcher
             {
                 // Data (or FIN) is waiting: read it into pipe memory as the same logical receive.
                 operation.InFlight = true;
-                operation.AfterZeroByte = true;
                 Table.OnSubmitted(connection.Token);
                 IssueReceive(connection, operation, zeroByte: false);
                 return;
@@ -234,13 +216,7 @@ internal sealed unsafe partial class IocpDispatcher
             }
         }
 
-        if (result.IsSuccess && result.Value == 0 && operation.AfterZeroByte && TryGetPendingError(connection, out SocketError pending))
-        {
-            // Wine's server consumes a reset's error while it completes the zero-byte receive, and the real
-            // receive then reads end-of-stream; the error is still reported by SO_ERROR. Windows reports the
-            // reset on the receive itself, and SO_ERROR is 0 at a clean end.
-            result = IoResult.Failure(pending, (int)pending, $"SO_ERROR {(int)pending}");
-        }
+        operation.LastReceiveFilled = result.IsSuccess && result.Value > 0 && result.Value == (int)operation.Header->Buffer.len;
 
         // Any other failure status ends the connection in the shared code (Wine even completes a receive pending
         // at close with a warning status, 0x8000000A); a cancellation is OperationAborted.

@@ -20,6 +20,8 @@ namespace KestrelProactor.Iocp;
 /// <para>
 /// Receives wait for data with a zero-byte <c>WSARecv</c>; only when it completes is pipe memory rented and a real
 /// <c>WSARecv</c> issued, so idle connections hold no buffer (Kestrel's <c>WaitForDataBeforeAllocatingBuffer</c>).
+/// While data streams in (a receive filled its whole buffer) the next receive goes straight into pipe memory; a
+/// stream that stops exactly at a buffer boundary leaves that one block lent until the next byte or the close.
 /// </para>
 /// </summary>
 internal sealed unsafe partial class IocpDispatcher : ProactorDispatcher

@@ -53,8 +53,8 @@ internal sealed unsafe class IocpOperation
     /// <summary>A receive waits for readiness with zero bytes before it rents pipe memory.</summary>
     public bool ZeroByte { get; set; }
 
-    /// <summary>This receive follows a zero-byte receive that reported readiness.</summary>
-    public bool AfterZeroByte { get; set; }
+    /// <summary>The last receive filled its whole buffer: the next one skips the zero-byte wait.</summary>
+    public bool LastReceiveFilled { get; set; }
 
     /// <summary>The shared code asked to cancel this operation; a zero-byte receive that still succeeds ends there.</summary>
     public bool CancelRequested { get; set; }

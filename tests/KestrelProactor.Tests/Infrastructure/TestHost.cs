@@ -26,7 +26,7 @@ internal static class TestHost
     /// (Windows fails that receive with WSAECONNRESET); WineDeviationTests checks this is still so.
     /// </summary>
     public const string WineResetBeforeReceive =
-        "Wine reads end-of-stream instead of WSAECONNRESET when the peer's RST arrived before the receive was issued; with inline scheduling the test resets the peer from the dispatcher thread before the receive is re-armed.";
+        "Wine reads end-of-stream instead of WSAECONNRESET from a socket whose peer's RST arrived before the receive was issued (WineDeviationTests pins this down), and this test races the reset against that receive; resets that meet a pending receive are covered (Input_PeerResetsDuringPendingRead, the IOCP abort test).";
 
     public const string WineNoCngEcdsa =
         "Wine's CNG cannot create the test certificate's ECDSA key (NTE_NOT_SUPPORTED), so TLS is not covered under Wine.";

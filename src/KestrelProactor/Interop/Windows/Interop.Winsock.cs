@@ -24,7 +24,6 @@ internal static unsafe partial class Interop
 
         public const int SOL_SOCKET = 0xFFFF;
         public const int SO_LINGER = 0x0080;
-        public const int SO_ERROR = 0x1007;
         public const int SO_UPDATE_ACCEPT_CONTEXT = 0x700B;
         public const int TCP_NODELAY = 0x0001;
         public const int SD_SEND = 1;
