@@ -43,6 +43,11 @@ internal abstract class ProactorBackend : IAsyncDisposable
             return IoUring.IoUringBackend.TryStart(context, out backend, out reason, out exception);
         }
 
+        if (OperatingSystem.IsWindows())
+        {
+            return Iocp.IocpBackend.TryStart(context, out backend, out reason, out exception);
+        }
+
         reason = $"no proactor backend exists for {RuntimeInformation.OSDescription} yet";
         return false;
     }

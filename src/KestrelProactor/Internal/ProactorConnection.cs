@@ -102,6 +102,9 @@ internal sealed partial class ProactorConnection : ConnectionContext,
     /// <summary>The backend's state for the send in flight (pinned buffers, native iovecs); null otherwise.</summary>
     public object? SendState { get; set; }
 
+    /// <summary>The backend's per-connection state (IOCP: its operation slots); null until the backend sets it.</summary>
+    public object? BackendState { get; set; }
+
     /// <summary>The transport's end of the input pipe when receives are copied (no lending backend); else null.</summary>
     public PipeWriter? Input { get; }
 

@@ -54,6 +54,9 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
     /// <summary>The listen socket's descriptor, for the backend's accept operation.</summary>
     public SafeHandle ListenHandle => _listenSocket.SafeHandle;
 
+    /// <summary>The backend's per-listener state (IOCP: the accept slot); null until the backend sets it.</summary>
+    public object? BackendState { get; set; }
+
     public bool UseMultishot => !_options.DisableMultishot;
 
     public static IConnectionListener Bind(ProactorBackend backend, EndPoint endpoint, ProactorTransportOptions options, ILogger logger)

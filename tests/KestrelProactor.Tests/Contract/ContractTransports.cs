@@ -72,7 +72,7 @@ internal static class ContractTransports
         {
             int[] sizes = [1, 4095, 4096, 4097, 16384, 16385, 1024 * 1024];
             var data = new TheoryData<TransportKind, int>();
-            foreach (TransportKind kind in Enum.GetValues<TransportKind>())
+            foreach (TransportKind kind in TransportFactories.Kinds)
             {
                 foreach (int size in sizes)
                 {
@@ -90,7 +90,7 @@ internal static class ContractTransports
         get
         {
             var data = new TheoryData<TransportKind, bool>();
-            foreach (TransportKind kind in Enum.GetValues<TransportKind>())
+            foreach (TransportKind kind in TransportFactories.Kinds)
             {
                 data.Add(kind, true);
                 data.Add(kind, false);

@@ -8,7 +8,7 @@ namespace KestrelProactor.Tests.Contract;
 /// </summary>
 internal static partial class SocketOptionReader
 {
-    // Linux values from <netinet/in.h> and <netinet/tcp.h>.
+    // Linux values from <netinet/in.h> and <netinet/tcp.h>; Winsock uses the same two.
     private const int IpProtoTcp = 6;
     private const int TcpNoDelay = 1;
 
@@ -18,10 +18,12 @@ internal static partial class SocketOptionReader
         try
         {
             socket.DangerousAddRef(ref addedRef);
-            int fd = (int)socket.DangerousGetHandle();
             int value = 0;
             int length = sizeof(int);
-            if (GetSockOpt(fd, IpProtoTcp, TcpNoDelay, ref value, ref length) != 0)
+            int result = OperatingSystem.IsWindows()
+                ? WinsockGetSockOpt(socket.DangerousGetHandle(), IpProtoTcp, TcpNoDelay, ref value, ref length)
+                : GetSockOpt((int)socket.DangerousGetHandle(), IpProtoTcp, TcpNoDelay, ref value, ref length);
+            if (result != 0)
             {
                 throw new InvalidOperationException($"getsockopt(TCP_NODELAY) failed: errno {Marshal.GetLastPInvokeError()}.");
             }
@@ -51,6 +53,9 @@ internal static partial class SocketOptionReader
 
     [LibraryImport("libc", EntryPoint = "getsockopt", SetLastError = true)]
     private static partial int GetSockOpt(int socket, int level, int optionName, ref int optionValue, ref int optionLength);
+
+    [LibraryImport("ws2_32.dll", EntryPoint = "getsockopt", SetLastError = true)]
+    private static partial int WinsockGetSockOpt(nint socket, int level, int optionName, ref int optionValue, ref int optionLength);
 
     [LibraryImport("libc", EntryPoint = "dup", SetLastError = true)]
     private static partial int Dup(int fd);

@@ -19,7 +19,7 @@ public sealed class TightResourceTests
         get
         {
             var data = new TheoryData<TransportKind, string>();
-            foreach (TransportKind kind in Enum.GetValues<TransportKind>())
+            foreach (TransportKind kind in TransportFactories.Kinds)
             {
                 foreach (string configuration in s_configurations.Keys)
                 {

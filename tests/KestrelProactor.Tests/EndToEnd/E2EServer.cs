@@ -24,7 +24,9 @@ public sealed class E2EServer : WebApplicationFactory<E2EServer>
     {
         // The factory looks for the app's content root next to a solution file; this app has none, and it
         // reads this setting (through the ASPNETCORE_ environment prefix) before anything else.
-        Environment.SetEnvironmentVariable("ASPNETCORE_TEST_CONTENTROOT_KESTRELPROACTOR_TESTS", AppContext.BaseDirectory);
+        // The key is named after this assembly, which differs when the Windows test project compiles these tests in.
+        string assembly = typeof(E2EServer).Assembly.GetName().Name!.ToUpperInvariant().Replace('.', '_');
+        Environment.SetEnvironmentVariable("ASPNETCORE_TEST_CONTENTROOT_" + assembly, AppContext.BaseDirectory);
     }
 
     private E2EServer(TransportKind kind, Action<KestrelServerOptions>? listen, Action<ProactorTransportOptions>? configureProactor)
@@ -53,7 +55,7 @@ public sealed class E2EServer : WebApplicationFactory<E2EServer>
     /// <summary>The value of <see cref="E2EApp.TransportHeader"/> every response of this server must carry.</summary>
     public string ExpectedTransport => Kind == TransportKind.Sockets
         ? E2EApp.SocketsTransport
-        : E2EApp.ProactorTransport(OperatingSystem.IsWindows() ? "iocp" : "io_uring");
+        : E2EApp.ProactorTransport(TransportFactories.ExpectedBackend);
 
     /// <summary>
     /// Starts a server; <paramref name="listen"/> replaces the default plain-HTTP endpoint on 127.0.0.1:0.
@@ -138,7 +140,7 @@ public sealed class E2EServer : WebApplicationFactory<E2EServer>
 
         var factory = Assert.Single(proactorFactories);
         Assert.True(
-            factory.ActiveBackend is "io_uring" or "iocp",
+            factory.ActiveBackend == TransportFactories.ExpectedBackend,
             $"The proactor factory bound with '{factory.ActiveBackend}' (fallback reason: {factory.FallbackReason}).");
     }
 }

@@ -11,6 +11,7 @@ public sealed class TlsAndHttp2Tests
     [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
     public async Task Https_Http11_EchoesOneMiB(TransportKind kind)
     {
+        Assert.SkipWhen(TestHost.IsWine, TestHost.WineNoCngEcdsa);
         await using var server = await E2EServer.StartAsync(kind, listen: HttpsOn(HttpProtocols.Http1));
         Assert.Equal("https", server.BaseAddress.Scheme);
         using var client = server.CreateHttpClient(TrustTestCertificate, HttpVersion.Version11);
@@ -28,6 +29,7 @@ public sealed class TlsAndHttp2Tests
     [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
     public async Task Https_Http2NegotiatedByAlpn_ConcurrentStreamsOnOneConnection(TransportKind kind)
     {
+        Assert.SkipWhen(TestHost.IsWine, TestHost.WineNoCngEcdsa);
         await using var server = await E2EServer.StartAsync(kind, listen: HttpsOn(HttpProtocols.Http1AndHttp2));
         SslApplicationProtocol? negotiated = null;
         using var client = server.CreateHttpClient(
