@@ -47,6 +47,11 @@ internal static class FaultApp
                 int n;
                 while ((n = await context.Request.Body.ReadAsync(buffer, context.RequestAborted)) > 0)
                 {
+                    if (read == 0)
+                    {
+                        state.OnUploadEntered();
+                    }
+
                     read += n;
                     state.Entered.TrySetResult();
                 }

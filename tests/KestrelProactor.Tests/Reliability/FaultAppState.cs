@@ -16,6 +16,7 @@ public sealed class FaultAppState
     private int _connectionsClosed;
     private int _slowEntered;
     private int _slowCompleted;
+    private int _uploadsEntered;
 
     /// <summary>Connections Kestrel handed to the app's connection middleware.</summary>
     public int ConnectionsOpened => Volatile.Read(ref _connectionsOpened);
@@ -24,6 +25,11 @@ public sealed class FaultAppState
     public int ConnectionsClosed => Volatile.Read(ref _connectionsClosed);
 
     public int SlowEntered => Volatile.Read(ref _slowEntered);
+
+    /// <summary>Uploads whose handler has read their first body bytes.</summary>
+    public int UploadsEntered => Volatile.Read(ref _uploadsEntered);
+
+    public void OnUploadEntered() => Interlocked.Increment(ref _uploadsEntered);
 
     public int SlowCompleted => Volatile.Read(ref _slowCompleted);
 
