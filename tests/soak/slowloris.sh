@@ -55,9 +55,14 @@ summary "without-attack" "$work/wrk-before.log"
 slowhttptest -H -c "$slow" -r 250 -i 10 -x 24 -p 5 -l "$seconds" -u "$url" >"$work/slow.log" 2>&1 &
 slow_pid=$!
 sleep 5
-wrk -t1 -c16 -d$((seconds - 10))s --latency "$url" >"$work/wrk-during.log" 2>&1
+wrk -t1 -c16 -d$((seconds - 10))s --latency "$url" >"$work/wrk-during.log" 2>&1 &
+wrk_pid=$!
+# Kestrel's RequestHeadersTimeout (30 s by default) ends each slow connection: sample while they are held.
+sleep 10
+curl -s --max-time 10 "http://127.0.0.1:$port/stats" | sed 's/^/SLOWLORIS stats-at-15s /'; echo
+wait "$wrk_pid"
 summary "during-attack" "$work/wrk-during.log"
-curl -s --max-time 10 "http://127.0.0.1:$port/stats" | sed 's/^/SLOWLORIS stats-during /'; echo
+curl -s --max-time 10 "http://127.0.0.1:$port/stats" | sed 's/^/SLOWLORIS stats-at-55s /'; echo
 wait "$slow_pid"
 # slowhttptest's last status block: connected / pending / closed / service available.
 sed 's/\x1b\[[0-9;]*m//g' "$work/slow.log" | grep -E "connected:|pending:|closed:|service available:" | tail -4 | sed 's/^[[:space:]]*/SLOWLORIS slowhttptest /'
