@@ -30,6 +30,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
     private readonly List<ProactorConnection> _receiveRetries = new();
     private readonly System.Collections.Concurrent.ConcurrentQueue<ushort> _returnedBuffers = new();
     private volatile bool _receivesStarved;
+    private int _returnedPending;
     private IoUringRing? _ring;
     private IoUringBufferRing? _bufferRing;
     private SafeFileDescriptorHandle? _wakeFd;
@@ -46,7 +47,8 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
 
     public IoUringRing Ring => _ring ?? throw new InvalidOperationException("The ring is not set up.");
 
-    public override long ReceiveBuffersLent => _bufferRing?.Lent ?? 0;
+    /// <summary>Buffers the application holds: lent, minus those it gave back that wait for the next pass.</summary>
+    public override long ReceiveBuffersLent => (_bufferRing?.Lent ?? 0) - Volatile.Read(ref _returnedPending);
 
     public override IReceiveBufferLender? ReceiveBufferLender => _bufferRing is not null ? this : null;
 
@@ -67,6 +69,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
 
         // From an application thread: the dispatcher re-provides it on its next pass. No wake-up is needed
         // unless receives wait for buffers.
+        Interlocked.Increment(ref _returnedPending);
         _returnedBuffers.Enqueue((ushort)bufferId);
         if (_receivesStarved)
         {
@@ -79,6 +82,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
         while (_returnedBuffers.TryDequeue(out ushort bufferId))
         {
             _bufferRing!.Return(bufferId);
+            Interlocked.Decrement(ref _returnedPending);
         }
     }
 
