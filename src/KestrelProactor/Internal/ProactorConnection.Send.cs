@@ -17,9 +17,6 @@ internal sealed partial class ProactorConnection
     private bool _sendIsLast;
     private Action? _onOutputReadable;
     private ValueTaskAwaiter<ReadResult> _outputReadAwaiter;
-    private Exception? _outputError;
-
-    public bool SendActive => _sendActive;
 
     /// <summary>Reads what the application flushed; completes inline when data is already there.</summary>
     private void ReadOutput()
@@ -146,7 +143,6 @@ internal sealed partial class ProactorConnection
         }
 
         _outputEnded = true;
-        _outputError = error;
         Output.Complete(error);
         if (error is null && !_closeStarted)
         {

@@ -147,9 +147,6 @@ internal sealed partial class ProactorConnection : ConnectionContext,
 
     SafeHandle IProactorConnectionFeature.SocketHandle => Socket;
 
-    /// <summary>Completes when the descriptor is closed and no operation can touch the connection's memory.</summary>
-    public Task Closed => _closedTcs.Task;
-
     /// <summary>Hands the connection to its dispatcher: from now on it receives and sends.</summary>
     public void Start()
     {

@@ -102,12 +102,6 @@ internal sealed unsafe class IoUringBufferRing : IDisposable
 
     private const int InitialLowWater = 32;
 
-    /// <summary>Buffers the kernel can pick from now.</summary>
-    public int Available => _available;
-
-    /// <summary>Buffers ever handed to the kernel (the rest were never needed and are not resident).</summary>
-    public int Provisioned => Count - _unprovided.Count;
-
     /// <summary>Tops the ring up to its low-water mark from buffers never used yet; call once per pass.</summary>
     public void EnsureHeadroom()
     {

@@ -90,8 +90,6 @@ internal sealed unsafe class IoUringRing : IDisposable
 
     public uint CqEntries { get; }
 
-    public bool UsesRegisteredRingFd => (_enterFlags & IORING_ENTER_REGISTERED_RING) != 0;
-
     public SafeFileDescriptorHandle RingFd => _ringFd;
 
     /// <summary>SQEs filled and not yet consumed by the kernel.</summary>
