@@ -53,6 +53,8 @@ if [ -f "$results" ]; then
   attr() { grep -o "<assembly [^>]*" "$results" | head -1 | sed -nE "s/.*[[:space:]]$1=\"([0-9]+)\".*/\1/p"; }
   failed=$(attr failed); errors=$(attr errors)
   summary="Failed: $(( ${failed:-0} + ${errors:-0} )), Passed: $(attr passed), Skipped: $(attr skipped), Total: $(attr total)"
+  # Name each failed test next to the summary, so a log cut to its last lines still says which one failed.
+  grep -o '<test [^>]*result="Fail"' "$results" | sed -nE 's/.* name="([^"]*)".*/Windows (IOCP under Wine): failed: \1/p' || true
 else
   summary="(no results: the test exe did not run to the end) Failed: 1, Passed: 0, Skipped: 0, Total: 0"
   [ "$status" -ne 0 ] || status=1
