@@ -11,4 +11,10 @@ internal enum OperationKind : byte
     Shutdown = 5,
     Close = 6,
     Cancel = 7,
+
+    /// <summary>
+    /// Not a kernel operation and never submitted: a work item or pipe continuation run on the dispatcher for
+    /// an owner (its start, an abort). Names the step that threw when such an item faults.
+    /// </summary>
+    Work = 8,
 }

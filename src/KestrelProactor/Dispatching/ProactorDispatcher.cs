@@ -32,6 +32,7 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     private readonly TaskCompletionSource _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private Thread? _thread;
     private int _sleeping;
+    private long _openConnections;
     private volatile bool _stopRequested;
 
     protected ProactorDispatcher(int id, ProactorBackendContext context)
@@ -67,6 +68,9 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     /// <summary>Owners (connections and listeners) in the operation table (read racily).</summary>
     public long ConnectionCount => Table.Count;
 
+    /// <summary>Connections registered here and not yet finished, listeners left out (read racily, by the meter).</summary>
+    public long OpenConnections => Volatile.Read(ref _openConnections);
+
     /// <summary>Receive buffers handed out and not yet back (read racily).</summary>
     public virtual long ReceiveBuffersLent => 0;
 
@@ -86,6 +90,12 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     internal static ReceiveHook? TestReceiveHook { get; set; }
 
     internal delegate void ReceiveHook(ReadOnlySpan<byte> data);
+
+    /// <summary>
+    /// A test hook: runs at the start of every completion's handler (before the owner sees it) and of every
+    /// output continuation, with the owner and the operation. A throw takes the same path as a bug there.
+    /// </summary>
+    internal static Action<IOperationOwner, OperationKind>? TestHandlerHook { get; set; }
 
     /// <summary>Starts the thread and waits until the backend is set up on it (rings must be created by their only submitter).</summary>
     public Task StartAsync()
@@ -211,7 +221,16 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
                 }
                 catch (Exception ex)
                 {
-                    ProactorLog.WorkItemFault(Logger, Id, ex);
+                    if (item.State is IOperationOwner owner)
+                    {
+                        // A step of one connection or listener (its start, an abort): that owner pays, as for a
+                        // completion handler. Other items (a pipe's own callbacks) can only be logged.
+                        OnHandlerFault(owner, OperationKind.Work, ex);
+                    }
+                    else
+                    {
+                        ProactorLog.WorkItemFault(Logger, Id, ex);
+                    }
                 }
 
                 continue;
@@ -263,7 +282,7 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     /// <param name="result">Bytes or descriptor, or the error.</param>
     /// <param name="more">A multishot operation stays armed.</param>
     /// <param name="receivedData">For a receive into a backend buffer: the bytes (copied before this returns).</param>
-    /// <param name="acceptedSocket">For an accept: the new socket, owned by the handler from here.</param>
+    /// <param name="acceptedSocket">For an accept: the new socket; the listener takes it (and clears this) or closes it.</param>
     /// <param name="lentBufferId">For a receive into a lendable backend buffer: its id, else -1.</param>
     /// <returns>True when the connection took the lent buffer (the backend must not reuse it until it comes back).</returns>
     protected bool DispatchCompletion(IOperationOwner owner, OperationKind kind, IoResult result, bool more, ReadOnlySpan<byte> receivedData, SafeHandle? acceptedSocket, int lentBufferId = -1)
@@ -272,10 +291,11 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
         bool bufferTaken = false;
         try
         {
+            TestHandlerHook?.Invoke(owner, kind);
             switch (kind)
             {
                 case OperationKind.Accept:
-                    ((ProactorConnectionListener)owner).OnAcceptCompleted(result, acceptedSocket, more);
+                    ((ProactorConnectionListener)owner).OnAcceptCompleted(result, ref acceptedSocket, more);
                     break;
                 case OperationKind.Receive:
                     bufferTaken = connection!.OnReceiveCompleted(result, receivedData, more, lentBufferId);
@@ -293,6 +313,8 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
         }
         catch (Exception ex)
         {
+            // An accepted socket the listener had not yet handed to a connection is closed here, not leaked.
+            acceptedSocket?.Dispose();
             OnHandlerFault(owner, kind, ex);
         }
 
@@ -300,8 +322,11 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
         return bufferTaken;
     }
 
-    /// <summary>Runs after a completion handler threw; the owner is aborted instead of the dispatcher.</summary>
-    protected void OnHandlerFault(IOperationOwner owner, OperationKind kind, Exception exception)
+    /// <summary>
+    /// Runs after a completion handler, or a continuation run on the dispatcher for an owner, threw; the owner
+    /// is aborted instead of the dispatcher. Dispatcher thread only.
+    /// </summary>
+    public void OnHandlerFault(IOperationOwner owner, OperationKind kind, Exception exception)
     {
         HandlerFaults++;
         Context.Metrics.HandlerFaults.Add(1);
@@ -330,9 +355,23 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     /// <summary>Releases the kernel queue; runs on the dispatcher thread after the loop ends.</summary>
     protected abstract void Teardown();
 
-    public void Register(IOperationOwner owner) => Table.Register(owner);
+    public void Register(IOperationOwner owner)
+    {
+        Table.Register(owner);
+        if (owner is ProactorConnection)
+        {
+            Interlocked.Increment(ref _openConnections);
+        }
+    }
 
-    public void Unregister(IOperationOwner owner) => Table.Unregister(owner);
+    public void Unregister(IOperationOwner owner)
+    {
+        Table.Unregister(owner);
+        if (owner is ProactorConnection)
+        {
+            Interlocked.Decrement(ref _openConnections);
+        }
+    }
 
     public int InFlightOf(IOperationOwner owner) => Table.InFlightOf(owner);
 

@@ -226,14 +226,22 @@ internal sealed partial class ProactorConnection
     /// <summary>The application consumed down to the resume threshold (or completed its reader).</summary>
     private void OnLendingResumed()
     {
-        _inputFlushPending = false;
-        if (_lendingInput!.IsReaderCompleted)
+        try
         {
-            EndInput(null);
-            return;
-        }
+            _inputFlushPending = false;
+            if (_lendingInput!.IsReaderCompleted)
+            {
+                EndInput(null);
+                return;
+            }
 
-        ArmReceive();
+            ArmReceive();
+        }
+        catch (Exception ex)
+        {
+            // Run by the pipe with state of its own: this connection takes the fault itself (see the output's).
+            Dispatcher.OnHandlerFault(this, OperationKind.Receive, ex);
+        }
     }
 
     private void FlushInput()
@@ -262,10 +270,18 @@ internal sealed partial class ProactorConnection
 
     private void OnInputFlushedContinuation()
     {
-        FlushResult result = _inputFlushAwaiter.GetResult();
-        _inputFlushAwaiter = default;
-        _inputFlushPending = false;
-        OnInputFlushed(result);
+        try
+        {
+            FlushResult result = _inputFlushAwaiter.GetResult();
+            _inputFlushAwaiter = default;
+            _inputFlushPending = false;
+            OnInputFlushed(result);
+        }
+        catch (Exception ex)
+        {
+            // Run by the pipe with state of its own: this connection takes the fault itself (see the output's).
+            Dispatcher.OnHandlerFault(this, OperationKind.Receive, ex);
+        }
     }
 
     private void OnInputFlushed(FlushResult result)

@@ -42,12 +42,22 @@ internal sealed partial class ProactorConnection
 
     private void OnOutputReadableContinuation()
     {
-        _outputReadPending = false;
-        ReadResult result = _outputReadAwaiter.GetResult();
-        _outputReadAwaiter = default;
-        if (HandleOutput(result))
+        try
         {
-            ReadOutput();
+            _outputReadPending = false;
+            ReadResult result = _outputReadAwaiter.GetResult();
+            _outputReadAwaiter = default;
+            ProactorDispatcher.TestHandlerHook?.Invoke(this, OperationKind.Send);
+            if (HandleOutput(result))
+            {
+                ReadOutput();
+            }
+        }
+        catch (Exception ex)
+        {
+            // The pipe runs this as a dispatcher work item whose state is its own, so the dispatcher cannot
+            // tell whose it is: this connection takes the fault itself, as from a completion handler.
+            Dispatcher.OnHandlerFault(this, OperationKind.Send, ex);
         }
     }
 

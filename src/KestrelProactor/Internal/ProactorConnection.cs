@@ -184,7 +184,7 @@ internal sealed partial class ProactorConnection : ConnectionContext,
     }
 
     void IOperationOwner.OnHandlerFault(OperationKind kind, Exception exception)
-        => Abort(new ConnectionAbortedException($"A completion handler failed while handling {kind}.", exception));
+        => Abort(new ConnectionAbortedException($"The transport failed while handling {kind} for this connection.", exception));
 
     private sealed class DuplexPipe(PipeReader input, PipeWriter output) : IDuplexPipe
     {

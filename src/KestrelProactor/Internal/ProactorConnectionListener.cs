@@ -99,12 +99,17 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
             return;
         }
 
-        _acceptActive = true;
+        // Set once the submission is queued: if preparing it throws, no accept is in flight.
         _acceptDispatcher.SubmitAccept(this);
+        _acceptActive = true;
     }
 
-    /// <summary>An accept completed. <paramref name="more"/>: a multishot accept goes on without a new submission.</summary>
-    public void OnAcceptCompleted(IoResult result, SafeHandle? acceptedSocket, bool more)
+    /// <summary>
+    /// An accept completed. <paramref name="more"/>: a multishot accept goes on without a new submission.
+    /// <paramref name="acceptedSocket"/> is cleared once a connection owns it; any other socket is closed here
+    /// (or by the dispatcher if this throws first).
+    /// </summary>
+    public void OnAcceptCompleted(IoResult result, ref SafeHandle? acceptedSocket, bool more)
     {
         if (!more)
         {
@@ -133,7 +138,11 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
                     ProactorDispatcher target = _backend.NextDispatcher();
                     target.ConfigureAcceptedSocket(acceptedSocket, _isTcp && _options.NoDelay);
                     var connection = new ProactorConnection(target, acceptedSocket, _isTcp, local, remote, _logger);
-                    if (!_accepted.Writer.TryWrite(connection))
+                    if (_accepted.Writer.TryWrite(connection))
+                    {
+                        acceptedSocket = null;
+                    }
+                    else
                     {
                         acceptedSocket.Dispose();
                     }
@@ -286,7 +295,14 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
 
     void IOperationOwner.OnHandlerFault(OperationKind kind, Exception exception)
     {
-        _acceptActive = false;
+        // Whether an accept is still armed is the operation table's to say (the handler may have thrown before it
+        // saw the completion). A multishot accept that goes on must not get a twin: one cancel could not end both.
+        _acceptActive = _acceptDispatcher.InFlightOf(this) != 0;
+        if (_acceptActive)
+        {
+            return;
+        }
+
         if (!_unbinding)
         {
             _retryDelayMs = 10;

@@ -40,8 +40,8 @@ internal static partial class ProactorLog
     [LoggerMessage(11, LogLevel.Warning, "The completion queue of dispatcher {DispatcherId} overflowed ({Count} completions held by the kernel); they are being drained.", EventName = "CompletionQueueOverflow")]
     public static partial void CompletionQueueOverflow(ILogger logger, int dispatcherId, uint count);
 
-    [LoggerMessage(12, LogLevel.Debug, "Ring feature {Feature} was refused by the kernel ({Error}) and is not used.", EventName = "RingFeatureRefused")]
-    public static partial void RingFeatureRefused(ILogger logger, string feature, string error);
+    [LoggerMessage(12, LogLevel.Debug, "Dispatcher {DispatcherId} runs without ring feature {Feature}: the kernel refused it or an option switched it off.", EventName = "RingFeatureRefused")]
+    public static partial void RingFeatureRefused(ILogger logger, int dispatcherId, string feature);
 
     [LoggerMessage(13, LogLevel.Debug, "A completion arrived for an operation that is no longer tracked (user data {UserData:x}); it is ignored.", EventName = "StaleCompletion")]
     public static partial void StaleCompletion(ILogger logger, ulong userData);

@@ -43,7 +43,7 @@ internal sealed class ProactorMetrics : IDisposable
         _meter.CreateObservableUpDownCounter(
             "kestrel.proactor.receive_buffers_lent", () => Sum(static d => d.ReceiveBuffersLent), "{buffer}", "Receive buffers handed out by the buffer rings and not yet returned.");
         _meter.CreateObservableUpDownCounter(
-            "kestrel.proactor.connections", () => Sum(static d => d.ConnectionCount), "{connection}", "Connections owned by the dispatchers.");
+            "kestrel.proactor.connections", () => Sum(static d => d.OpenConnections), "{connection}", "Connections owned by the dispatchers (listeners not counted).");
     }
 
     public Histogram<int> CompletionsPerWake { get; }

@@ -163,6 +163,10 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
         {
             FeaturesInUse.Add("registered-ring-fd");
         }
+        else
+        {
+            RefusedFeatures.Add("registered-ring-fd");
+        }
 
         int bufferErrno = 0;
         _bufferRing = options.DisableBufferRing
@@ -209,6 +213,11 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
         }
 
         _wakeFd = new SafeFileDescriptorHandle(wakeFd);
+        foreach (string feature in RefusedFeatures)
+        {
+            ProactorLog.RingFeatureRefused(Logger, Id, feature);
+        }
+
         _wakeBuffer = (ulong*)NativeMemory.AllocZeroed(sizeof(ulong));
         ArmWakeRead();
         Context.Metrics.Register(this);

@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text;
 using KestrelProactor.Dispatching;
+using KestrelProactor.Internal;
 using KestrelProactor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Connections;
@@ -59,6 +60,117 @@ public class HandlerFaultTests
         }
     }
 
+    [Theory]
+    [InlineData(TransportKind.Proactor)]
+    [InlineData(TransportKind.ProactorInline)]
+    [InlineData(TransportKind.ProactorBasicTier)]
+    public async Task OutputContinuationThrows_AbortsThatConnection_ReleasesIt_OthersKeepBeingServed(TransportKind kind)
+    {
+        // The output read's continuation is a work item the pipe queues with state of its own: the dispatcher
+        // cannot see whose it is, so the connection must take its own fault (counted, logged, aborted).
+        await using WebApplication app = await StartAsync(kind);
+        string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        var endpoint = new Uri(url);
+        using var http = new HttpClient { Timeout = TestTimeouts.Default };
+        Assert.Equal("io_uring", await http.GetStringAsync(url + "/backend").DefaultTimeout());
+        ProactorDispatcher[] dispatchers = Dispatchers(app);
+        long faultsBefore = dispatchers.Sum(d => d.HandlerFaults);
+        long ownersBefore = dispatchers.Sum(d => d.ConnectionCount);
+
+        using var victim = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        await victim.ConnectAsync(new IPEndPoint(IPAddress.Loopback, endpoint.Port)).DefaultTimeout();
+        int victimPort = ((IPEndPoint)victim.LocalEndPoint!).Port;
+        ProactorDispatcher.TestHandlerHook = (owner, operation) =>
+        {
+            if (operation == OperationKind.Send && owner is ProactorConnection { RemoteEndPoint: IPEndPoint remote } && remote.Port == victimPort)
+            {
+                throw new InvalidOperationException("injected output continuation fault");
+            }
+        };
+
+        try
+        {
+            await victim.SendAsync(Encoding.ASCII.GetBytes("GET /backend HTTP/1.1\r\nHost: x\r\n\r\n")).DefaultTimeout();
+            Assert.Equal(0, await ReceiveUntilClosedAsync(victim));
+        }
+        finally
+        {
+            ProactorDispatcher.TestHandlerHook = null;
+        }
+
+        Assert.Equal(faultsBefore + 1, dispatchers.Sum(d => d.HandlerFaults));
+        // The aborted connection left the operation table: every operation it had completed, its descriptor closed.
+        await WaitUntilAsync(() => dispatchers.Sum(d => d.ConnectionCount) == ownersBefore);
+        for (int i = 0; i < 8; i++)
+        {
+            using var fresh = new HttpClient { Timeout = TestTimeouts.Default };
+            Assert.Equal("io_uring", await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
+        }
+    }
+
+    [Theory]
+    [InlineData(TransportKind.Proactor)]
+    [InlineData(TransportKind.ProactorSingleShot)]
+    public async Task AcceptHandlerThrows_ClosesThatSocket_ListenerKeepsAcceptingAndUnbinds(TransportKind kind)
+    {
+        WebApplication app = await StartAsync(kind);
+        try
+        {
+            string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+            int port = new Uri(url).Port;
+            ProactorDispatcher[] dispatchers = Dispatchers(app);
+            long faultsBefore = dispatchers.Sum(d => d.HandlerFaults);
+            int armed = 1;
+            ProactorDispatcher.TestHandlerHook = (owner, operation) =>
+            {
+                if (operation == OperationKind.Accept && owner is ProactorConnectionListener { EndPoint: IPEndPoint local } && local.Port == port &&
+                    Interlocked.Exchange(ref armed, 0) == 1)
+                {
+                    throw new InvalidOperationException("injected accept handler fault");
+                }
+            };
+
+            try
+            {
+                // The accept that faults: its socket is closed by the dispatcher, so this client sees the end at once.
+                using var victim = new Socket(SocketType.Stream, ProtocolType.Tcp);
+                await victim.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port)).DefaultTimeout();
+                await victim.SendAsync(Encoding.ASCII.GetBytes("GET /backend HTTP/1.1\r\nHost: x\r\n\r\n")).DefaultTimeout();
+                Assert.Equal(0, await ReceiveUntilClosedAsync(victim));
+            }
+            finally
+            {
+                ProactorDispatcher.TestHandlerHook = null;
+            }
+
+            Assert.Equal(0, armed);
+            Assert.Equal(faultsBefore + 1, dispatchers.Sum(d => d.HandlerFaults));
+            for (int i = 0; i < 8; i++)
+            {
+                using var fresh = new HttpClient { Timeout = TestTimeouts.Default };
+                Assert.Equal("io_uring", await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
+            }
+        }
+        finally
+        {
+            // Unbind must end every accept in flight: a second accept armed after the fault would never end.
+            await app.StopAsync().DefaultTimeout();
+            await app.DisposeAsync().AsTask().DefaultTimeout();
+        }
+    }
+
+    private static ProactorDispatcher[] Dispatchers(WebApplication app)
+        => app.Services.GetServices<IConnectionListenerFactory>().OfType<ProactorTransportFactory>().Single().Backend!.Dispatchers;
+
+    private static async Task WaitUntilAsync(Func<bool> condition)
+    {
+        using var deadline = new CancellationTokenSource(TestTimeouts.Default);
+        while (!condition())
+        {
+            await Task.Delay(20, deadline.Token);
+        }
+    }
+
     private static async Task<int> ReceiveUntilClosedAsync(Socket socket)
     {
         var buffer = new byte[4096];
@@ -82,11 +194,11 @@ public class HandlerFaultTests
         }
     }
 
-    private static async Task<WebApplication> StartAsync()
+    private static async Task<WebApplication> StartAsync(TransportKind kind = TransportKind.Proactor)
     {
         WebApplicationBuilder builder = WebApplication.CreateSlimBuilder();
         builder.WebHost.UseKestrel(k => k.Listen(IPAddress.Loopback, 0));
-        builder.WebHost.UseProactorTransport(o => TransportFactories.Configure(TransportKind.Proactor, o));
+        builder.WebHost.UseProactorTransport(o => TransportFactories.Configure(kind, o));
         WebApplication app = builder.Build();
         app.MapGet("/backend", (HttpContext c) => c.Features.Get<IProactorConnectionFeature>()?.Backend ?? "sockets");
         await app.StartAsync().DefaultTimeout();
