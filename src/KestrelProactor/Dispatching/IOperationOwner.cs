@@ -17,4 +17,11 @@ internal interface IOperationOwner
     /// (a connection aborts); the dispatcher has logged the exception and goes on.
     /// </summary>
     void OnHandlerFault(OperationKind kind, Exception exception);
+
+    /// <summary>
+    /// Called once this owner's dispatcher has stopped for good on an unrecoverable error (its kernel queue is
+    /// gone, so no operation can run or complete): the owner releases what it holds without one, and ends with
+    /// <paramref name="error"/>. May run on any thread; must be idempotent.
+    /// </summary>
+    void OnDispatcherFailed(Exception error);
 }

@@ -23,11 +23,24 @@ internal abstract class ProactorBackend : IAsyncDisposable
 
     public abstract string FeatureSummary { get; }
 
-    /// <summary>The dispatchers in turn: accepted connections and listeners spread over every ring.</summary>
+    /// <summary>
+    /// The dispatchers in turn: accepted connections and listeners spread over every ring, passing over one that
+    /// has failed. If all have, the last one tried is returned; a connection it is given releases itself at once.
+    /// </summary>
     public ProactorDispatcher NextDispatcher()
     {
-        uint index = (uint)Interlocked.Increment(ref _next);
-        return Dispatchers[index % (uint)Dispatchers.Length];
+        ProactorDispatcher dispatcher = Dispatchers[0];
+        for (int attempt = 0; attempt < Dispatchers.Length; attempt++)
+        {
+            uint index = (uint)Interlocked.Increment(ref _next);
+            dispatcher = Dispatchers[index % (uint)Dispatchers.Length];
+            if (!dispatcher.HasFailed)
+            {
+                break;
+            }
+        }
+
+        return dispatcher;
     }
 
     /// <summary>

@@ -32,6 +32,7 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     private readonly TaskCompletionSource _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private Thread? _thread;
     private int _sleeping;
+    private volatile Exception? _failure;
     private long _openConnections;
     private volatile bool _stopRequested;
 
@@ -80,6 +81,9 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     /// <summary>How many buffers the lender has in all (caps what one connection may hold).</summary>
     public virtual int LendableBufferCount => 0;
 
+    /// <summary>True once the loop has stopped on an unrecoverable error; its owners have been released.</summary>
+    public bool HasFailed => _failure is not null;
+
     /// <summary>Completion handlers that threw since start.</summary>
     public long HandlerFaults { get; private set; }
 
@@ -96,6 +100,9 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     /// output continuation, with the owner and the operation. A throw takes the same path as a bug there.
     /// </summary>
     internal static Action<IOperationOwner, OperationKind>? TestHandlerHook { get; set; }
+
+    /// <summary>A test hook: runs at the top of every pass of the loop; a throw takes the path of a ring failure.</summary>
+    internal static Action<ProactorDispatcher>? TestLoopHook { get; set; }
 
     /// <summary>Starts the thread and waits until the backend is set up on it (rings must be created by their only submitter).</summary>
     public Task StartAsync()
@@ -133,6 +140,14 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
         }
 
         _remoteWork.Enqueue((action, state));
+        if (_failure is not null)
+        {
+            // Nothing runs here any more. Pairs with ReleaseAfterFailure's store-then-drain: either it saw this
+            // item or this thread sees the failure and releases the item's owner itself.
+            DrainAfterFailure();
+            return;
+        }
+
         // Pairs with the store-then-check in TryPrepareToSleep: either the dispatcher sees this item before it
         // sleeps, or it already published _sleeping = 1 and this thread wakes it.
         if (Volatile.Read(ref _sleeping) == 1 && Interlocked.Exchange(ref _sleeping, 0) == 1)
@@ -162,6 +177,7 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
         catch (Exception ex)
         {
             ProactorLog.DispatcherFailed(Logger, Id, ex);
+            _failure = ex;
         }
         finally
         {
@@ -171,8 +187,62 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
             }
             finally
             {
+                if (_failure is not null)
+                {
+                    ReleaseAfterFailure();
+                }
+
                 _stopped.TrySetResult();
             }
+        }
+    }
+
+    /// <summary>
+    /// The loop died: the kernel queue is torn down, which ends every operation in flight without a completion
+    /// here. Each owner in the table, and each owner a queued work item was for (a connection about to start),
+    /// releases itself, so the application sees its connections end and the host can still stop. The backend
+    /// no longer deals new connections to this dispatcher.
+    /// </summary>
+    private void ReleaseAfterFailure()
+    {
+        var owners = new List<IOperationOwner>();
+        Table.CopyOwners(owners);
+        foreach (IOperationOwner owner in owners)
+        {
+            ReleaseOwner(owner);
+        }
+
+        while (_localWork.TryDequeue(out var item))
+        {
+            if (item.State is IOperationOwner owner)
+            {
+                ReleaseOwner(owner);
+            }
+        }
+
+        DrainAfterFailure();
+    }
+
+    private void DrainAfterFailure()
+    {
+        while (_remoteWork.TryDequeue(out var item))
+        {
+            if (item.State is IOperationOwner owner)
+            {
+                ReleaseOwner(owner);
+            }
+        }
+    }
+
+    private void ReleaseOwner(IOperationOwner owner)
+    {
+        try
+        {
+            owner.OnDispatcherFailed(_failure!);
+        }
+        catch (Exception ex)
+        {
+            ProactorLog.WorkItemFault(Logger, Id, ex);
         }
     }
 
@@ -181,6 +251,7 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
         long stopDeadline = 0;
         while (true)
         {
+            TestLoopHook?.Invoke(this);
             RunWorkItems();
             if (_stopRequested)
             {

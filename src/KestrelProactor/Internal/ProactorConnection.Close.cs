@@ -16,6 +16,7 @@ internal sealed partial class ProactorConnection
     private bool _closeSubmitted;
     private bool _closeCompleted;
     private bool _finished;
+    private int _releasedAfterFailure;
     private Task? _connectionClosedTask;
 
     /// <summary>Closes with RST from any thread; pending receives and sends are cancelled.</summary>
@@ -124,7 +125,48 @@ internal sealed partial class ProactorConnection
         CompleteInputWriter();
         Dispatcher.Unregister(this);
         FireConnectionClosed();
-        // DisposeAsync returns (and disposes the token source) only after the callbacks have run.
+        CompleteClosedAfterCallbacks();
+    }
+
+    /// <summary>
+    /// The dispatcher died (see <see cref="ProactorDispatcher.HasFailed"/>): its ring is gone and with it every
+    /// operation of this connection, so nothing will complete here. End both pipes with the error, close the
+    /// descriptor directly and fire <see cref="ConnectionClosed"/>, so Kestrel sees the connection end and
+    /// <see cref="DisposeAsync"/> returns. Runs on the dying dispatcher's thread, or on a thread whose work item
+    /// for this connection came too late to run there; once only.
+    /// </summary>
+    void IOperationOwner.OnDispatcherFailed(Exception error)
+    {
+        if (Interlocked.Exchange(ref _releasedAfterFailure, 1) != 0 || _finished)
+        {
+            return;
+        }
+
+        _finished = true;
+        // The descriptor first, so the kernel ends whatever operation still points into pipe memory before the
+        // pipes give that memory back. One already handed to a close operation is not ours to close again.
+        if (!Socket.IsClosed)
+        {
+            Socket.Dispose();
+        }
+
+        var reason = new ConnectionAbortedException("The connection's dispatcher stopped on an unrecoverable error.", error);
+        Interlocked.CompareExchange(ref _abortReason, reason, null);
+        _inputError ??= reason;
+        CompleteInputWriter();
+        if (!_outputEnded)
+        {
+            _outputEnded = true;
+            Output.Complete(reason);
+        }
+
+        FireConnectionClosed();
+        CompleteClosedAfterCallbacks();
+    }
+
+    /// <summary>DisposeAsync returns (and disposes the token source) only after the ConnectionClosed callbacks have run.</summary>
+    private void CompleteClosedAfterCallbacks()
+    {
         _connectionClosedTask!.ContinueWith(
             static (_, state) => ((ProactorConnection)state!)._closedTcs.TrySetResult(),
             this,

@@ -293,6 +293,23 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
         }
     }
 
+    /// <summary>
+    /// The accept dispatcher died: no accept can run again on this endpoint. Kestrel's next accept sees the
+    /// error (and logs it), and an unbind returns at once.
+    /// </summary>
+    void IOperationOwner.OnDispatcherFailed(Exception error)
+    {
+        if (_acceptStopped.Task.IsCompleted)
+        {
+            return;
+        }
+
+        _retryTimer?.Dispose();
+        _listenSocket.Dispose();
+        _accepted.Writer.TryComplete(new IOException($"The dispatcher that accepted on {DisplayName} stopped on an unrecoverable error.", error));
+        _acceptStopped.TrySetResult();
+    }
+
     void IOperationOwner.OnHandlerFault(OperationKind kind, Exception exception)
     {
         // Whether an accept is still armed is the operation table's to say (the handler may have thrown before it

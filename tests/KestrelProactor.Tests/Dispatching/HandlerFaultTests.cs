@@ -159,6 +159,102 @@ public class HandlerFaultTests
         }
     }
 
+    [Fact]
+    public async Task DispatcherLoopFails_ItsConnectionsEnd_NewOnesGoToTheOthers_HostStops()
+    {
+        WebApplication app = await StartAsync(TransportKind.Proactor);
+        try
+        {
+            string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+            int port = new Uri(url).Port;
+            ProactorDispatcher[] dispatchers = Dispatchers(app);
+            // The one that does not accept (a listener is an owner but not a connection), so the endpoint lives on.
+            // The listener registers on its dispatcher's thread, shortly after the bind.
+            await WaitUntilAsync(() => dispatchers.Count(d => d.ConnectionCount > d.OpenConnections) == 1);
+            ProactorDispatcher target = dispatchers.Single(d => d.ConnectionCount == d.OpenConnections);
+
+            // Connections until one is served by the target (they are dealt in turn).
+            var clients = new List<Socket>();
+            Socket? victim = null;
+            for (int i = 0; i < 2 * dispatchers.Length && victim is null; i++)
+            {
+                var client = new Socket(SocketType.Stream, ProtocolType.Tcp);
+                clients.Add(client);
+                await client.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port)).DefaultTimeout();
+                string body = await RequestAsync(client, "/dispatcher");
+                if (int.Parse(body) == target.Id)
+                {
+                    victim = client;
+                }
+            }
+
+            Assert.NotNull(victim);
+            ProactorDispatcher.TestLoopHook = d =>
+            {
+                if (ReferenceEquals(d, target))
+                {
+                    throw new InvalidOperationException("injected ring failure");
+                }
+            };
+
+            try
+            {
+                // The next pass of the target's loop fails; this request wakes it.
+                await victim.SendAsync(Encoding.ASCII.GetBytes("GET /dispatcher HTTP/1.1\r\nHost: x\r\n\r\n")).DefaultTimeout();
+                await ReceiveUntilClosedAsync(victim);
+            }
+            finally
+            {
+                ProactorDispatcher.TestLoopHook = null;
+            }
+
+            Assert.True(target.HasFailed);
+            // Every connection the failed dispatcher owned was released; new connections go to the survivor.
+            for (int i = 0; i < 8; i++)
+            {
+                using var fresh = new HttpClient { Timeout = TestTimeouts.Default };
+                Assert.NotEqual(target.Id.ToString(), await fresh.GetStringAsync(url + "/dispatcher").DefaultTimeout());
+            }
+
+            foreach (Socket client in clients)
+            {
+                client.Dispose();
+            }
+        }
+        finally
+        {
+            await app.StopAsync().DefaultTimeout();
+            await app.DisposeAsync().AsTask().DefaultTimeout();
+        }
+    }
+
+    /// <summary>One keep-alive GET on a raw socket; returns the body (Content-Length framed).</summary>
+    private static async Task<string> RequestAsync(Socket socket, string path)
+    {
+        await socket.SendAsync(Encoding.ASCII.GetBytes($"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")).DefaultTimeout();
+        var buffer = new byte[4096];
+        int filled = 0;
+        while (true)
+        {
+            int n = await socket.ReceiveAsync(buffer.AsMemory(filled)).DefaultTimeout();
+            Assert.NotEqual(0, n);
+            filled += n;
+            string text = Encoding.ASCII.GetString(buffer, 0, filled);
+            int headerEnd = text.IndexOf("\r\n\r\n", StringComparison.Ordinal);
+            if (headerEnd < 0)
+            {
+                continue;
+            }
+
+            int lengthAt = text.IndexOf("Content-Length: ", StringComparison.OrdinalIgnoreCase);
+            int length = int.Parse(text.AsSpan(lengthAt + 16, text.IndexOf('\r', lengthAt) - lengthAt - 16));
+            if (filled >= headerEnd + 4 + length)
+            {
+                return text.Substring(headerEnd + 4, length);
+            }
+        }
+    }
+
     private static ProactorDispatcher[] Dispatchers(WebApplication app)
         => app.Services.GetServices<IConnectionListenerFactory>().OfType<ProactorTransportFactory>().Single().Backend!.Dispatchers;
 
@@ -201,6 +297,13 @@ public class HandlerFaultTests
         builder.WebHost.UseProactorTransport(o => TransportFactories.Configure(kind, o));
         WebApplication app = builder.Build();
         app.MapGet("/backend", (HttpContext c) => c.Features.Get<IProactorConnectionFeature>()?.Backend ?? "sockets");
+        app.MapGet("/dispatcher", (HttpContext c) =>
+        {
+            // Content-Length framed, so a raw client reads one answer and keeps the connection.
+            string id = c.Features.Get<IProactorConnectionFeature>()!.DispatcherId.ToString();
+            c.Response.ContentLength = id.Length;
+            return c.Response.WriteAsync(id);
+        });
         await app.StartAsync().DefaultTimeout();
         return app;
     }
