@@ -14,9 +14,11 @@ internal interface IOperationOwner
 
     /// <summary>
     /// Called on the dispatcher thread when a completion handler of this owner threw. The owner must end itself
-    /// (a connection aborts); the dispatcher has logged the exception and goes on.
+    /// (a connection aborts); the dispatcher has logged the exception and goes on. <paramref name="operationEnded"/>:
+    /// the completion was the operation's last (false for a multishot operation that stays armed, and for faults
+    /// outside a completion).
     /// </summary>
-    void OnHandlerFault(OperationKind kind, Exception exception);
+    void OnHandlerFault(OperationKind kind, bool operationEnded, Exception exception);
 
     /// <summary>
     /// Called once this owner's dispatcher has stopped for good on an unrecoverable error (its kernel queue is

@@ -132,7 +132,7 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     /// <inheritdoc />
     public override void Schedule(Action<object?> action, object? state)
     {
-        if (IsOnDispatcherThread)
+        if (IsOnDispatcherThread && _failure is null)
         {
             // Runs before the dispatcher next sleeps: no wake-up needed.
             _localWork.Enqueue((action, state));
@@ -296,7 +296,7 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
                     {
                         // A step of one connection or listener (its start, an abort): that owner pays, as for a
                         // completion handler. Other items (a pipe's own callbacks) can only be logged.
-                        OnHandlerFault(owner, OperationKind.Work, ex);
+                        OnHandlerFault(owner, OperationKind.Work, operationEnded: false, ex);
                     }
                     else
                     {
@@ -380,13 +380,17 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
                 case OperationKind.Close:
                     connection!.OnCloseCompleted(result);
                     break;
+                case OperationKind.Cancel:
+                    // A connection moves its close on below; a listener may be waiting for this to unbind.
+                    (owner as ProactorConnectionListener)?.OnCancelCompleted();
+                    break;
             }
         }
         catch (Exception ex)
         {
             // An accepted socket the listener had not yet handed to a connection is closed here, not leaked.
             acceptedSocket?.Dispose();
-            OnHandlerFault(owner, kind, ex);
+            OnHandlerFault(owner, kind, operationEnded: !more, ex);
         }
 
         connection?.AdvanceClose();
@@ -397,14 +401,14 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     /// Runs after a completion handler, or a continuation run on the dispatcher for an owner, threw; the owner
     /// is aborted instead of the dispatcher. Dispatcher thread only.
     /// </summary>
-    public void OnHandlerFault(IOperationOwner owner, OperationKind kind, Exception exception)
+    public void OnHandlerFault(IOperationOwner owner, OperationKind kind, bool operationEnded, Exception exception)
     {
         HandlerFaults++;
         Context.Metrics.HandlerFaults.Add(1);
         ProactorLog.CompletionHandlerFault(Logger, Id, kind.ToString(), owner.DisplayName, exception);
         try
         {
-            owner.OnHandlerFault(kind, exception);
+            owner.OnHandlerFault(kind, operationEnded, exception);
         }
         catch (Exception second)
         {

@@ -152,16 +152,22 @@ internal sealed partial class ProactorConnection
 
         var reason = new ConnectionAbortedException("The connection's dispatcher stopped on an unrecoverable error.", error);
         Interlocked.CompareExchange(ref _abortReason, reason, null);
-        _inputError ??= reason;
-        CompleteInputWriter();
-        if (!_outputEnded)
+        try
         {
-            _outputEnded = true;
-            Output.Complete(reason);
+            // With inline scheduling these run application continuations on this thread.
+            _inputError ??= reason;
+            CompleteInputWriter();
+            if (!_outputEnded)
+            {
+                _outputEnded = true;
+                Output.Complete(reason);
+            }
         }
-
-        FireConnectionClosed();
-        CompleteClosedAfterCallbacks();
+        finally
+        {
+            FireConnectionClosed();
+            CompleteClosedAfterCallbacks();
+        }
     }
 
     /// <summary>DisposeAsync returns (and disposes the token source) only after the ConnectionClosed callbacks have run.</summary>

@@ -45,8 +45,9 @@ internal sealed partial class ProactorConnection
             return;
         }
 
-        _receiveActive = true;
+        // Set once the submission is queued: if preparing it throws, no receive is in flight for the close to wait on.
         Dispatcher.SubmitReceive(this);
+        _receiveActive = true;
     }
 
     /// <summary>
@@ -240,7 +241,8 @@ internal sealed partial class ProactorConnection
         catch (Exception ex)
         {
             // Run by the pipe with state of its own: this connection takes the fault itself (see the output's).
-            Dispatcher.OnHandlerFault(this, OperationKind.Receive, ex);
+            Dispatcher.OnHandlerFault(this, OperationKind.Receive, operationEnded: false, ex);
+            AdvanceClose();
         }
     }
 
@@ -280,7 +282,8 @@ internal sealed partial class ProactorConnection
         catch (Exception ex)
         {
             // Run by the pipe with state of its own: this connection takes the fault itself (see the output's).
-            Dispatcher.OnHandlerFault(this, OperationKind.Receive, ex);
+            Dispatcher.OnHandlerFault(this, OperationKind.Receive, operationEnded: false, ex);
+            AdvanceClose();
         }
     }
 

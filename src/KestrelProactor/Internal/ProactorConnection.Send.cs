@@ -56,8 +56,16 @@ internal sealed partial class ProactorConnection
         catch (Exception ex)
         {
             // The pipe runs this as a dispatcher work item whose state is its own, so the dispatcher cannot
-            // tell whose it is: this connection takes the fault itself, as from a completion handler.
-            Dispatcher.OnHandlerFault(this, OperationKind.Send, ex);
+            // tell whose it is: this connection takes the fault itself, as from a completion handler. The abort
+            // may find the close already under way, so the output is ended here unless a send or a read still
+            // holds it (their completions end it), and the close is moved on.
+            Dispatcher.OnHandlerFault(this, OperationKind.Send, operationEnded: false, ex);
+            if (!_sendActive && !_outputReadPending)
+            {
+                EndOutput(_abortReason);
+            }
+
+            AdvanceClose();
         }
     }
 
@@ -79,8 +87,9 @@ internal sealed partial class ProactorConnection
             _sendBuffer = buffer;
             _unsent = buffer;
             _sendIsLast = result.IsCompleted;
-            _sendActive = true;
+            // Set once the submission is queued: if preparing it throws, no send is in flight for the close to wait on.
             Dispatcher.SubmitSend(this, buffer);
+            _sendActive = true;
             return false;
         }
 
@@ -117,8 +126,8 @@ internal sealed partial class ProactorConnection
         {
             // Partial completion: the kernel took part of the data. Send the rest before reading more.
             _unsent = _unsent.Slice(result.Value);
-            _sendActive = true;
             Dispatcher.SubmitSend(this, _unsent);
+            _sendActive = true;
             return;
         }
 

@@ -183,7 +183,7 @@ internal sealed partial class ProactorConnection : ConnectionContext,
         _connectionClosedSource.Dispose();
     }
 
-    void IOperationOwner.OnHandlerFault(OperationKind kind, Exception exception)
+    void IOperationOwner.OnHandlerFault(OperationKind kind, bool operationEnded, Exception exception)
         => Abort(new ConnectionAbortedException($"The transport failed while handling {kind} for this connection.", exception));
 
     private sealed class DuplexPipe(PipeReader input, PipeWriter output) : IDuplexPipe

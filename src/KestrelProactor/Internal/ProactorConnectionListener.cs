@@ -269,7 +269,9 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
     /// <summary>Runs on the accept dispatcher once no accept is in flight.</summary>
     private void StopAccepting()
     {
-        if (_acceptStopHandled || _acceptActive)
+        // The unbind's cancel may still be in flight (its accept completed just before it): the listener leaves
+        // the operation table only after that completion too.
+        if (_acceptStopHandled || _acceptActive || _acceptDispatcher.InFlightOf(this) != 0)
         {
             return;
         }
@@ -310,22 +312,30 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
         _acceptStopped.TrySetResult();
     }
 
-    void IOperationOwner.OnHandlerFault(OperationKind kind, Exception exception)
+    void IOperationOwner.OnHandlerFault(OperationKind kind, bool operationEnded, Exception exception)
     {
-        // Whether an accept is still armed is the operation table's to say (the handler may have thrown before it
-        // saw the completion). A multishot accept that goes on must not get a twin: one cancel could not end both.
-        _acceptActive = _acceptDispatcher.InFlightOf(this) != 0;
-        if (_acceptActive)
+        if (kind == OperationKind.Accept && operationEnded)
         {
-            return;
+            // The handler may have thrown before it saw that this was the accept's last completion.
+            _acceptActive = false;
         }
 
-        if (!_unbinding)
+        if (_unbinding)
         {
+            StopAccepting();
+        }
+        else if (!_acceptActive)
+        {
+            // A multishot accept that goes on must not get a twin (one cancel at unbind could not end both).
             _retryDelayMs = 10;
             ScheduleRetry();
         }
-        else
+    }
+
+    /// <summary>The cancel sent at unbind completed (whether or not it found the accept): accepting may stop now.</summary>
+    public void OnCancelCompleted()
+    {
+        if (_unbinding)
         {
             StopAccepting();
         }

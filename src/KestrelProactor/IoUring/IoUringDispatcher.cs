@@ -30,6 +30,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
     private readonly List<ProactorConnection> _receiveRetries = new();
     private readonly System.Collections.Concurrent.ConcurrentQueue<ushort> _returnedBuffers = new();
     private volatile bool _receivesStarved;
+    private volatile bool _tornDown;
     private int _returnedPending;
     private IoUringRing? _ring;
     private IoUringBufferRing? _bufferRing;
@@ -61,6 +62,13 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
 
     void IReceiveBufferLender.Return(int bufferId)
     {
+        if (_tornDown)
+        {
+            // The ring is gone (a failed loop releases its connections after teardown): nothing to re-provide
+            // to. The buffer's memory stays mapped, since teardown leaves lent buffers alone.
+            return;
+        }
+
         if (IsOnDispatcherThread)
         {
             _bufferRing!.Return((ushort)bufferId);
@@ -454,6 +462,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
 
     private void ReleaseResources()
     {
+        _tornDown = true;
         if (_bufferRing is not null)
         {
             DrainReturnedBuffers();

@@ -300,6 +300,17 @@ internal sealed unsafe class IoUringRing : IDisposable
 
     public void Dispose()
     {
+        if ((_enterFlags & IORING_ENTER_REGISTERED_RING) != 0)
+        {
+            // The registration holds its own reference to the ring, which would keep it (and every operation
+            // in flight, writing into their buffers) alive until this thread exits; drop it first.
+            io_uring_rsrc_update update = default;
+            update.offset = (uint)_enterFd;
+            Register(_ringFd.Fd, IORING_UNREGISTER_RING_FDS, &update, 1);
+            _enterFlags &= ~IORING_ENTER_REGISTERED_RING;
+            _enterFd = _ringFd.Fd;
+        }
+
         // Closing the ring fd makes the kernel cancel what is in flight; the mappings can go after it.
         _ringFd.Dispose();
         _sqes.Dispose();

@@ -82,7 +82,9 @@ public class HandlerFaultTests
         int victimPort = ((IPEndPoint)victim.LocalEndPoint!).Port;
         ProactorDispatcher.TestHandlerHook = (owner, operation) =>
         {
-            if (operation == OperationKind.Send && owner is ProactorConnection { RemoteEndPoint: IPEndPoint remote } && remote.Port == victimPort)
+            // Both ports: another test's server may have a client on the same ephemeral port.
+            if (operation == OperationKind.Send && owner is ProactorConnection { RemoteEndPoint: IPEndPoint remote, LocalEndPoint: IPEndPoint local } &&
+                remote.Port == victimPort && local.Port == endpoint.Port)
             {
                 throw new InvalidOperationException("injected output continuation fault");
             }

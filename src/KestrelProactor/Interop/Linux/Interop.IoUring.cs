@@ -82,6 +82,7 @@ internal static unsafe partial class Interop
         // Register opcodes.
         public const uint IORING_REGISTER_PROBE = 8;
         public const uint IORING_REGISTER_RING_FDS = 20;
+        public const uint IORING_UNREGISTER_RING_FDS = 21;
         public const uint IORING_REGISTER_PBUF_RING = 22;
         public const uint IORING_UNREGISTER_PBUF_RING = 23;
 
