@@ -77,12 +77,7 @@ internal sealed partial class ProactorConnection
         }
 
         bool intoPipe = _receiveIntoPipe;
-        if (intoPipe)
-        {
-            _receiveIntoPipe = false;
-            _receivePin.Dispose();
-            _receivePin = default;
-        }
+        ReleaseReceivePin();
 
         try
         {
@@ -331,6 +326,55 @@ internal sealed partial class ProactorConnection
         }
 
         CompleteInputWriter();
+    }
+
+    /// <summary>A receive into pipe memory is over: the memory is no longer the kernel's.</summary>
+    private void ReleaseReceivePin()
+    {
+        if (_receiveIntoPipe)
+        {
+            _receiveIntoPipe = false;
+            _receivePin.Dispose();
+            _receivePin = default;
+        }
+    }
+
+    /// <summary>
+    /// An operation's last completion arrived but its handler threw, perhaps before its bookkeeping: mark it over
+    /// so the close does not wait for it. What it held (a send's pipe memory, a receive's) is released by the
+    /// close path as for a failed operation.
+    /// </summary>
+    private void ForgetEndedOperation(OperationKind kind)
+    {
+        switch (kind)
+        {
+            case OperationKind.Receive:
+                _receiveActive = false;
+                _receiveCancelRequested = false;
+                ReleaseReceivePin();
+                if (_inputCompletionPending)
+                {
+                    _inputCompletionPending = false;
+                    CompleteInputWriter();
+                }
+
+                break;
+            case OperationKind.Send:
+                // Nothing more is sent: the output ends with the abort's reason (the close may already be under way).
+                _sendActive = false;
+                if (!_outputReadPending)
+                {
+                    EndOutput(_abortReason);
+                }
+
+                break;
+            case OperationKind.Shutdown:
+                _shutdownActive = false;
+                break;
+            case OperationKind.Close:
+                _closeCompleted = true;
+                break;
+        }
     }
 
     private void CompleteInputWriter()

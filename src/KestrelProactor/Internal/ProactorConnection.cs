@@ -184,7 +184,15 @@ internal sealed partial class ProactorConnection : ConnectionContext,
     }
 
     void IOperationOwner.OnHandlerFault(OperationKind kind, bool operationEnded, Exception exception)
-        => Abort(new ConnectionAbortedException($"The transport failed while handling {kind} for this connection.", exception));
+    {
+        Abort(new ConnectionAbortedException($"The transport failed while handling {kind} for this connection.", exception));
+        if (operationEnded)
+        {
+            // The handler may have thrown before its own bookkeeping: the operation is over whatever it did, and the
+            // close must not wait for it.
+            ForgetEndedOperation(kind);
+        }
+    }
 
     private sealed class DuplexPipe(PipeReader input, PipeWriter output) : IDuplexPipe
     {

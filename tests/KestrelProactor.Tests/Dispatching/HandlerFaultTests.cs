@@ -111,6 +111,58 @@ public class HandlerFaultTests
     }
 
     [Theory]
+    [InlineData(TransportKind.Proactor, "Shutdown")]
+    [InlineData(TransportKind.Proactor, "Close")]
+    [InlineData(TransportKind.ProactorSingleShot, "Receive")]
+    [InlineData(TransportKind.ProactorBasicTier, "Receive")]
+    [InlineData(TransportKind.ProactorBasicTier, "Close")]
+    public async Task HandlerThrowsBeforeItsBookkeeping_OnTheOperationsLastCompletion_ConnectionStillEndsAndIsReleased(TransportKind kind, string operationName)
+    {
+        OperationKind operation = Enum.Parse<OperationKind>(operationName);
+        // The hook throws before the handler has marked its operation over (the worst place for a bug): the fault
+        // path must still count the operation as ended, or the close waits for it for ever.
+        await using WebApplication app = await StartAsync(kind);
+        string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        int port = new Uri(url).Port;
+        using var http = new HttpClient { Timeout = TestTimeouts.Default };
+        Assert.Equal("io_uring", await http.GetStringAsync(url + "/backend").DefaultTimeout());
+        ProactorDispatcher[] dispatchers = Dispatchers(app);
+        long faultsBefore = dispatchers.Sum(d => d.HandlerFaults);
+        long ownersBefore = dispatchers.Sum(d => d.ConnectionCount);
+
+        using var victim = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        await victim.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port)).DefaultTimeout();
+        int victimPort = ((IPEndPoint)victim.LocalEndPoint!).Port;
+        int fired = 0;
+        ProactorDispatcher.TestHandlerHook = (owner, completed) =>
+        {
+            if (completed == operation && owner is ProactorConnection { RemoteEndPoint: IPEndPoint remote, LocalEndPoint: IPEndPoint local } &&
+                remote.Port == victimPort && local.Port == port && Interlocked.Exchange(ref fired, 1) == 0)
+            {
+                throw new InvalidOperationException($"injected {completed} handler fault");
+            }
+        };
+
+        try
+        {
+            // Connection: close makes the server end its side: shutdown (FIN), then close.
+            await victim.SendAsync(Encoding.ASCII.GetBytes("GET /backend HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).DefaultTimeout();
+            await ReceiveUntilClosedAsync(victim);
+            // The connection left the operation table: every operation completed and its close finished.
+            await WaitUntilAsync(() => dispatchers.Sum(d => d.ConnectionCount) == ownersBefore);
+        }
+        finally
+        {
+            ProactorDispatcher.TestHandlerHook = null;
+        }
+
+        Assert.Equal(1, fired);
+        Assert.Equal(faultsBefore + 1, dispatchers.Sum(d => d.HandlerFaults));
+        using var fresh = new HttpClient { Timeout = TestTimeouts.Default };
+        Assert.Equal("io_uring", await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
+    }
+
+    [Theory]
     [InlineData(TransportKind.Proactor)]
     [InlineData(TransportKind.ProactorSingleShot)]
     public async Task AcceptHandlerThrows_ClosesThatSocket_ListenerKeepsAcceptingAndUnbinds(TransportKind kind)
