@@ -4,13 +4,16 @@ using System.Text;
 using KestrelProactor.Dispatching;
 using KestrelProactor.Internal;
 using KestrelProactor.Tests.Infrastructure;
+using KestrelProactor.Tests.Reliability;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 
 namespace KestrelProactor.Tests.Dispatching;
 
@@ -282,6 +285,77 @@ public class HandlerFaultTests
         }
     }
 
+    [Fact]
+    public async Task AcceptingDispatcherFails_KestrelSeesTheAcceptError_HostStops()
+    {
+        var logs = new CountingLoggerProvider();
+        WebApplication app = await StartAsync(TransportKind.Proactor, logs);
+        try
+        {
+            string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+            ProactorDispatcher[] dispatchers = Dispatchers(app);
+            await WaitUntilAsync(() => dispatchers.Count(d => d.ConnectionCount > d.OpenConnections) == 1);
+            ProactorDispatcher acceptor = dispatchers.Single(d => d.ConnectionCount > d.OpenConnections);
+            ProactorDispatcher.TestLoopHook = d =>
+            {
+                if (ReferenceEquals(d, acceptor))
+                {
+                    throw new InvalidOperationException("injected ring failure");
+                }
+            };
+
+            try
+            {
+                // A connection wakes the acceptor; its next pass fails.
+                using var client = new Socket(SocketType.Stream, ProtocolType.Tcp);
+                await client.ConnectAsync(new IPEndPoint(IPAddress.Loopback, new Uri(url).Port)).DefaultTimeout();
+                await WaitUntilAsync(() => acceptor.HasFailed);
+            }
+            finally
+            {
+                ProactorDispatcher.TestLoopHook = null;
+            }
+
+            // The listener's accept fails with the reason, so Kestrel's accept loop ends and says so (Critical),
+            // instead of waiting for ever on an endpoint nothing accepts on.
+            await WaitUntilAsync(() => logs.Entries.Any(e => e.Category != CountingLoggerProvider.TransportCategory && e.Level == LogLevel.Critical));
+            Assert.Equal(1, logs.Count(CountingLoggerProvider.DispatcherFailed));
+        }
+        finally
+        {
+            await app.StopAsync().DefaultTimeout();
+            await app.DisposeAsync().AsTask().DefaultTimeout();
+        }
+    }
+
+    [Fact]
+    public async Task ConnectionClosedCallbackThrows_IsLogged_ServerKeepsServing()
+    {
+        var logs = new CountingLoggerProvider();
+        await using WebApplication app = await StartAsync(
+            TransportKind.Proactor,
+            logs,
+            listen => listen.Use(next => async connection =>
+            {
+                // Application code on the transport's ConnectionClosed token that throws when it fires.
+                connection.ConnectionClosed.Register(static () => throw new InvalidOperationException("injected ConnectionClosed callback fault"));
+                await next(connection);
+            }));
+        string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+
+        using (var victim = new Socket(SocketType.Stream, ProtocolType.Tcp))
+        {
+            await victim.ConnectAsync(new IPEndPoint(IPAddress.Loopback, new Uri(url).Port)).DefaultTimeout();
+            await victim.SendAsync(Encoding.ASCII.GetBytes("GET /backend HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).DefaultTimeout();
+            Assert.True(await ReceiveUntilClosedAsync(victim) > 0);
+        }
+
+        await WaitUntilAsync(() => logs.Count(CountingLoggerProvider.ConnectionClosedCallbackFault) >= 1);
+        using var fresh = new HttpClient { Timeout = TestTimeouts.Default };
+        Assert.Equal("io_uring", await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
+        Assert.Equal(0, logs.Count(CountingLoggerProvider.CompletionHandlerFault) + logs.Count(CountingLoggerProvider.DispatcherFailed));
+    }
+
     /// <summary>One keep-alive GET on a raw socket; returns the body (Content-Length framed).</summary>
     private static async Task<string> RequestAsync(Socket socket, string path)
     {
@@ -344,10 +418,15 @@ public class HandlerFaultTests
         }
     }
 
-    private static async Task<WebApplication> StartAsync(TransportKind kind = TransportKind.Proactor)
+    private static async Task<WebApplication> StartAsync(TransportKind kind = TransportKind.Proactor, CountingLoggerProvider? logs = null, Action<ListenOptions>? listen = null)
     {
         WebApplicationBuilder builder = WebApplication.CreateSlimBuilder();
-        builder.WebHost.UseKestrel(k => k.Listen(IPAddress.Loopback, 0));
+        if (logs is not null)
+        {
+            builder.Logging.AddProvider(logs);
+        }
+
+        builder.WebHost.UseKestrel(k => k.Listen(IPAddress.Loopback, 0, o => listen?.Invoke(o)));
         builder.WebHost.UseProactorTransport(o => TransportFactories.Configure(kind, o));
         WebApplication app = builder.Build();
         app.MapGet("/backend", (HttpContext c) => c.Features.Get<IProactorConnectionFeature>()?.Backend ?? "sockets");
