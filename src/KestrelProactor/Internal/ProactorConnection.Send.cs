@@ -162,7 +162,11 @@ internal sealed partial class ProactorConnection
         }
 
         _outputEnded = true;
-        Output.Complete(error);
+        // Without the error, as Kestrel's socket transport does: the application's next flush then reports
+        // IsCompleted instead of throwing, and learns of a reset from its input and ConnectionClosed. Completed
+        // with the error, a flush that threw inside Kestrel's HTTP/2 frame writer left a stream that never
+        // completed, and the host's stop waited for it for ever (about half the stops after timed h2load runs).
+        Output.Complete();
         if (error is null && !_closeStarted)
         {
             ProactorLog.ConnectionWriteFin(_logger, ConnectionId);
