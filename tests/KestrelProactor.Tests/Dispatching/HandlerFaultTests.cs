@@ -246,13 +246,7 @@ public class HandlerFaultTests
             }
 
             Assert.NotNull(victim);
-            ProactorDispatcher.TestLoopHook = d =>
-            {
-                if (ReferenceEquals(d, target))
-                {
-                    throw new InvalidOperationException("injected ring failure");
-                }
-            };
+            FailLoopOf(target);
 
             try
             {
@@ -280,8 +274,7 @@ public class HandlerFaultTests
         }
         finally
         {
-            await app.StopAsync().DefaultTimeout();
-            await app.DisposeAsync().AsTask().DefaultTimeout();
+            await StopAndDisposeAsync(app);
         }
     }
 
@@ -296,13 +289,7 @@ public class HandlerFaultTests
             ProactorDispatcher[] dispatchers = Dispatchers(app);
             await WaitUntilAsync(() => dispatchers.Count(d => d.ConnectionCount > d.OpenConnections) == 1);
             ProactorDispatcher acceptor = dispatchers.Single(d => d.ConnectionCount > d.OpenConnections);
-            ProactorDispatcher.TestLoopHook = d =>
-            {
-                if (ReferenceEquals(d, acceptor))
-                {
-                    throw new InvalidOperationException("injected ring failure");
-                }
-            };
+            FailLoopOf(acceptor);
 
             try
             {
@@ -323,8 +310,7 @@ public class HandlerFaultTests
         }
         finally
         {
-            await app.StopAsync().DefaultTimeout();
-            await app.DisposeAsync().AsTask().DefaultTimeout();
+            await StopAndDisposeAsync(app);
         }
     }
 
@@ -381,6 +367,22 @@ public class HandlerFaultTests
                 return text.Substring(headerEnd + 4, length);
             }
         }
+    }
+
+    /// <summary>Makes the next pass of <paramref name="target"/>'s loop fail, as a ring error would (other dispatchers, and other tests', go on).</summary>
+    private static void FailLoopOf(ProactorDispatcher target)
+        => ProactorDispatcher.TestLoopHook = d =>
+        {
+            if (ReferenceEquals(d, target))
+            {
+                throw new InvalidOperationException("injected ring failure");
+            }
+        };
+
+    private static async Task StopAndDisposeAsync(WebApplication app)
+    {
+        await app.StopAsync().DefaultTimeout();
+        await app.DisposeAsync().AsTask().DefaultTimeout();
     }
 
     private static ProactorDispatcher[] Dispatchers(WebApplication app)
