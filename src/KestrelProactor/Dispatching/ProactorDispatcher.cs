@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Collections.Concurrent;
+using System.Diagnostics;
 using System.IO.Pipelines;
 using System.Net;
 using System.Runtime.InteropServices;
@@ -35,6 +36,8 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     private volatile Exception? _failure;
     private long _openConnections;
     private volatile bool _stopRequested;
+    private readonly Queue<(ProactorConnection Connection, int Deferral, long Due)> _deferredOutputReads = new();
+    private long _outputCoalescingTicks = -1;
 
     protected ProactorDispatcher(int id, ProactorBackendContext context)
     {
@@ -86,6 +89,12 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
 
     /// <summary>Completion handlers that threw since start.</summary>
     public long HandlerFaults { get; private set; }
+
+    /// <summary>Sends handed to the kernel, resubmissions of a short send included (for tests).</summary>
+    public long SendsStarted { get; private set; }
+
+    /// <summary>Output reads held back by <see cref="DeferOutputRead"/> (for tests).</summary>
+    public long OutputReadsDeferred { get; private set; }
 
     /// <summary>
     /// A test hook: runs at the start of every receive completion handler with the received bytes. A throw
@@ -253,6 +262,7 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
         {
             TestLoopHook?.Invoke(this);
             RunWorkItems();
+            RunDueOutputReads();
             if (_stopRequested)
             {
                 if (stopDeadline == 0)
@@ -269,8 +279,16 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
             }
 
             bool sleep = TryPrepareToSleep();
-            // While stopping, poll instead of sleeping so the deadline above is honoured.
-            PollCompletions(wait: sleep && !_stopRequested);
+            // While stopping, poll instead of sleeping so the deadline above is honoured. A deferred output read
+            // bounds the sleep.
+            long waitNanoseconds = -1;
+            if (_deferredOutputReads.Count != 0)
+            {
+                long ticks = Math.Max(0, _deferredOutputReads.Peek().Due - Stopwatch.GetTimestamp());
+                waitNanoseconds = (long)(ticks * (1_000_000_000.0 / Stopwatch.Frequency));
+            }
+
+            PollCompletions(wait: sleep && !_stopRequested, waitNanoseconds);
             Volatile.Write(ref _sleeping, 0);
             if (sleep && _stopRequested)
             {
@@ -308,6 +326,55 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
             }
 
             return;
+        }
+    }
+
+    /// <summary>
+    /// Whether this dispatcher can hold back a streaming connection's next output read for
+    /// <see cref="ProactorTransportOptions.OutputCoalescingDelay"/> (see <see cref="DeferOutputRead"/>): the option
+    /// is on, the backend has short waits, and the dispatcher is not stopping.
+    /// </summary>
+    public bool DefersOutputReads
+    {
+        get
+        {
+            if (_outputCoalescingTicks < 0)
+            {
+                TimeSpan delay = Options.OutputCoalescingDelay;
+                _outputCoalescingTicks = SupportsShortWaits && delay > TimeSpan.Zero
+                    ? Math.Max(1, (long)(delay.TotalSeconds * Stopwatch.Frequency))
+                    : 0;
+            }
+
+            return _outputCoalescingTicks != 0 && !_stopRequested;
+        }
+    }
+
+    /// <summary>
+    /// Calls <see cref="ProactorConnection.ResumeDeferredOutputRead"/> once the delay is over, so the flushes the
+    /// application makes meanwhile go out in one send instead of waking this thread one by one. Only when
+    /// <see cref="DefersOutputReads"/>.
+    /// </summary>
+    public void DeferOutputRead(ProactorConnection connection, int deferral)
+    {
+        OutputReadsDeferred++;
+        _deferredOutputReads.Enqueue((connection, deferral, Stopwatch.GetTimestamp() + _outputCoalescingTicks));
+    }
+
+    /// <summary>Runs the deferred output reads whose delay is over (one delay for all, so the queue is in due order).</summary>
+    private void RunDueOutputReads()
+    {
+        if (_deferredOutputReads.Count == 0)
+        {
+            return;
+        }
+
+        long now = Stopwatch.GetTimestamp();
+        while (_deferredOutputReads.TryPeek(out var entry) && (entry.Due <= now || _stopRequested))
+        {
+            _deferredOutputReads.Dequeue();
+            // Its own faults are the connection's, as with the output continuation.
+            entry.Connection.ResumeDeferredOutputRead(entry.Deferral);
         }
     }
 
@@ -421,8 +488,14 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     /// <summary>Creates the kernel queue; runs on the dispatcher thread.</summary>
     protected abstract void Initialize();
 
-    /// <summary>Submits what is queued, optionally blocks until a completion or wake-up, then runs completion handlers.</summary>
-    protected abstract void PollCompletions(bool wait);
+    /// <summary>
+    /// Submits what is queued, optionally blocks until a completion or wake-up (for at most
+    /// <paramref name="waitNanoseconds"/> when that is not negative), then runs completion handlers.
+    /// </summary>
+    protected abstract void PollCompletions(bool wait, long waitNanoseconds);
+
+    /// <summary>Whether <see cref="PollCompletions"/> honours a wait shorter than a millisecond.</summary>
+    protected virtual bool SupportsShortWaits => false;
 
     /// <summary>Interrupts a blocking <see cref="PollCompletions"/> from another thread.</summary>
     protected abstract void Wake();
@@ -452,7 +525,14 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
 
     public abstract void SubmitReceive(ProactorConnection connection);
 
-    public abstract void SubmitSend(ProactorConnection connection, in ReadOnlySequence<byte> buffer);
+    /// <summary>Starts a send of <paramref name="buffer"/> (its memory stays pinned until the completion).</summary>
+    public void StartSend(ProactorConnection connection, in ReadOnlySequence<byte> buffer)
+    {
+        SubmitSend(connection, buffer);
+        SendsStarted++;
+    }
+
+    protected abstract void SubmitSend(ProactorConnection connection, in ReadOnlySequence<byte> buffer);
 
     public abstract void SubmitShutdownWrite(ProactorConnection connection);
 

@@ -84,6 +84,7 @@ internal sealed partial class ProactorConnection
             if (result.IsSuccess && result.Value > 0)
             {
                 ProactorDispatcher.TestReceiveHook?.Invoke(data);
+                OnInputArrived();
                 if (_lendingInput is not null)
                 {
                     return OnReceivedLending(data, more, lentBufferId);

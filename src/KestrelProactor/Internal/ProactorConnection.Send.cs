@@ -12,6 +12,11 @@ internal sealed partial class ProactorConnection
     private bool _sendActive;
     private bool _outputReadPending;
     private bool _outputEnded;
+    private volatile bool _outputReadDeferred;
+    private int _deferral;
+    private int _sendsWithoutInput;
+    private long _flushedWhileDeferred;
+    private int _deferredWakeScheduled;
     private ReadOnlySequence<byte> _sendBuffer;
     private ReadOnlySequence<byte> _unsent;
     private bool _sendIsLast;
@@ -56,17 +61,49 @@ internal sealed partial class ProactorConnection
         catch (Exception ex)
         {
             // The pipe runs this as a dispatcher work item whose state is its own, so the dispatcher cannot
-            // tell whose it is: this connection takes the fault itself, as from a completion handler. The abort
-            // may find the close already under way, so the output is ended here unless a send or a read still
-            // holds it (their completions end it), and the close is moved on.
-            Dispatcher.OnHandlerFault(this, OperationKind.Send, operationEnded: false, ex);
-            if (!_sendActive && !_outputReadPending)
-            {
-                EndOutput(_abortReason);
-            }
-
-            AdvanceClose();
+            // tell whose it is: this connection takes the fault itself, as from a completion handler.
+            OnOutputFault(ex);
         }
+    }
+
+    /// <summary>
+    /// The dispatcher's deferral (see <see cref="ProactorDispatcher.DeferOutputRead"/>) is over, a send's worth
+    /// was flushed, or input arrived: read what the application flushed meanwhile. <paramref name="deferral"/> names
+    /// the deferral that asked (0: whichever is current); a late call for an earlier one does nothing.
+    /// </summary>
+    public void ResumeDeferredOutputRead(int deferral = 0)
+    {
+        if (!_outputReadDeferred || (deferral != 0 && deferral != _deferral))
+        {
+            return;
+        }
+
+        _outputReadDeferred = false;
+        Volatile.Write(ref _deferredWakeScheduled, 0);
+        try
+        {
+            ReadOutput();
+        }
+        catch (Exception ex)
+        {
+            OnOutputFault(ex);
+        }
+    }
+
+    /// <summary>
+    /// A throw while reading the output or starting a send aborts this connection. The abort may find the close
+    /// already under way, so the output is ended here unless a send or a read still holds it (their completions
+    /// end it), and the close is moved on.
+    /// </summary>
+    private void OnOutputFault(Exception ex)
+    {
+        Dispatcher.OnHandlerFault(this, OperationKind.Send, operationEnded: false, ex);
+        if (!_sendActive && !_outputReadPending)
+        {
+            EndOutput(_abortReason);
+        }
+
+        AdvanceClose();
     }
 
     /// <summary>Starts a send for what was read; returns true when the loop should read again at once.</summary>
@@ -88,7 +125,7 @@ internal sealed partial class ProactorConnection
             _unsent = buffer;
             _sendIsLast = result.IsCompleted;
             // Set once the submission is queued: if preparing it throws, no send is in flight for the close to wait on.
-            Dispatcher.SubmitSend(this, buffer);
+            Dispatcher.StartSend(this, buffer);
             _sendActive = true;
             return false;
         }
@@ -126,7 +163,7 @@ internal sealed partial class ProactorConnection
         {
             // Partial completion: the kernel took part of the data. Send the rest before reading more.
             _unsent = _unsent.Slice(result.Value);
-            Dispatcher.SubmitSend(this, _unsent);
+            Dispatcher.StartSend(this, _unsent);
             _sendActive = true;
             return;
         }
@@ -147,7 +184,88 @@ internal sealed partial class ProactorConnection
             return;
         }
 
-        ReadOutput();
+        // A second send in a row with no input between them: the application is streaming a response, not
+        // answering a request. Hold the next read back a moment, so its next flushes go out in one send rather
+        // than each waking the dispatcher for a small send of its own.
+        if (_sendsWithoutInput < 2)
+        {
+            _sendsWithoutInput++;
+        }
+
+        if (_sendsWithoutInput < 2 || !TryDeferOutputRead())
+        {
+            ReadOutput();
+        }
+    }
+
+    /// <summary>
+    /// Holds back the output read unless a send's worth is already waiting. The hold ends when the dispatcher's
+    /// delay runs out, when the application has flushed <see cref="_streamingSendSize"/> bytes (see
+    /// <see cref="OnApplicationFlushed"/>), when input arrives, or when the close starts.
+    /// </summary>
+    private bool TryDeferOutputRead()
+    {
+        if (!Dispatcher.DefersOutputReads)
+        {
+            return false;
+        }
+
+        long waiting = 0;
+        if (Output.TryRead(out ReadResult peek))
+        {
+            waiting = peek.Buffer.Length;
+            if (peek.IsCompleted || peek.IsCanceled || waiting >= _streamingSendSize)
+            {
+                if (HandleOutput(peek))
+                {
+                    ReadOutput();
+                }
+
+                return true;
+            }
+
+            // Nothing consumed or examined: the next read returns these bytes at once.
+            Output.AdvanceTo(peek.Buffer.Start, peek.Buffer.Start);
+        }
+
+        int deferral = _deferral + 1;
+        if (deferral == 0)
+        {
+            deferral = 1;
+        }
+
+        Dispatcher.DeferOutputRead(this, deferral);
+        _deferral = deferral;
+        Volatile.Write(ref _flushedWhileDeferred, waiting);
+        // Published last: a flush that sees it counts into the total above.
+        _outputReadDeferred = true;
+        return true;
+    }
+
+    /// <summary>
+    /// The application flushed <paramref name="bytes"/>, or completed its output (any thread). While the output read
+    /// is held back, a send's worth, or the end of the output, ends the hold at once: before the pipe's back-pressure
+    /// would stop the application, and without delaying the response's last bytes.
+    /// </summary>
+    internal void OnApplicationFlushed(long bytes, bool completed = false)
+    {
+        if (!_outputReadDeferred)
+        {
+            return;
+        }
+
+        if ((Interlocked.Add(ref _flushedWhileDeferred, bytes) >= _streamingSendSize || completed)
+            && Interlocked.Exchange(ref _deferredWakeScheduled, 1) == 0)
+        {
+            Dispatcher.Schedule(static state => ((ProactorConnection)state!).ResumeDeferredOutputRead(), this);
+        }
+    }
+
+    /// <summary>Input arrived: whatever is sent next answers it, so it goes out at once.</summary>
+    private void OnInputArrived()
+    {
+        _sendsWithoutInput = 0;
+        ResumeDeferredOutputRead();
     }
 
     /// <summary>

@@ -55,6 +55,8 @@ internal static class ProactorOptionsValidator
         yield return new(options.ReceiveBufferSize is >= 512 and <= 1 << 20, nameof(options.ReceiveBufferSize), options.ReceiveBufferSize, "512 to 1048576");
         yield return new(options.MaxReadBufferSize is null or >= 0, nameof(options.MaxReadBufferSize), options.MaxReadBufferSize, "null, 0 (unbounded) or a positive number of bytes");
         yield return new(options.MaxWriteBufferSize is null or >= 0, nameof(options.MaxWriteBufferSize), options.MaxWriteBufferSize, "null, 0 (unbounded) or a positive number of bytes");
+        yield return new(options.OutputCoalescingDelay >= TimeSpan.Zero && options.OutputCoalescingDelay <= TimeSpan.FromMilliseconds(1),
+            nameof(options.OutputCoalescingDelay), options.OutputCoalescingDelay, "0 (off) to 1 millisecond");
         yield return new(options.ZeroCopySendThreshold == 0 || options.ZeroCopySendThreshold >= 1024,
             nameof(options.ZeroCopySendThreshold), options.ZeroCopySendThreshold, "0 (off), or 1024 bytes and more");
         yield return new(options.Backlog >= 1, nameof(options.Backlog), options.Backlog, "1 or more");

@@ -233,7 +233,9 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
 
     // ---- the loop ----
 
-    protected override void PollCompletions(bool wait)
+    protected override bool SupportsShortWaits => _ring?.SupportsTimedWait == true;
+
+    protected override void PollCompletions(bool wait, long waitNanoseconds)
     {
         IoUringRing ring = _ring!;
         if (_bufferRing is not null)
@@ -247,7 +249,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
         if (wait || ring.PendingSubmissions != 0 || ring.NeedsEnter || ring.ReadyCompletions == 0)
         {
             uint pending = ring.PendingSubmissions;
-            int result = ring.SubmitAndWait(wait && ring.ReadyCompletions == 0 ? 1u : 0u);
+            int result = ring.SubmitAndWait(wait && ring.ReadyCompletions == 0 ? 1u : 0u, waitNanoseconds);
             if (result >= 0)
             {
                 if (pending != 0)
@@ -255,12 +257,13 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
                     Context.Metrics.SubmissionsPerEnter.Record(result);
                 }
             }
-            else if (result != -Errno.EBUSY && result != -Errno.EAGAIN && result != -Errno.EINTR)
+            else if (result != -Errno.EBUSY && result != -Errno.EAGAIN && result != -Errno.EINTR && result != -Errno.ETIME)
             {
                 throw new IoUringException($"io_uring_enter failed: {Errno.Name(-result)}", -result);
             }
 
             // EBUSY/EAGAIN: the kernel holds completions we have not read yet. Reading them below frees it.
+            // ETIME: a bounded wait (a deferred output read) ran out.
         }
 
         if (ring.HasOverflowBacklog)
@@ -580,7 +583,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
         Track(sqe, connection, OperationKind.Receive);
     }
 
-    public override void SubmitSend(ProactorConnection connection, in ReadOnlySequence<byte> buffer)
+    protected override void SubmitSend(ProactorConnection connection, in ReadOnlySequence<byte> buffer)
     {
         if (!_sendBlocks.TryPop(out IoUringSendBlock? block))
         {

@@ -86,6 +86,9 @@ internal sealed unsafe class IoUringRing : IDisposable
 
     public uint Features { get; }
 
+    /// <summary>Whether a wait can carry its own timeout (<c>IORING_FEAT_EXT_ARG</c>, 5.11+).</summary>
+    public bool SupportsTimedWait => (Features & IORING_FEAT_EXT_ARG) != 0;
+
     public uint SqEntries { get; }
 
     public uint CqEntries { get; }
@@ -207,14 +210,31 @@ internal sealed unsafe class IoUringRing : IDisposable
     /// Submits every pending SQE and, when <paramref name="minComplete"/> &gt; 0, waits for that many completions,
     /// in one system call. Returns the number submitted, or -errno.
     /// </summary>
-    public int SubmitAndWait(uint minComplete)
+    public int SubmitAndWait(uint minComplete) => SubmitAndWait(minComplete, -1);
+
+    /// <summary>
+    /// As <see cref="SubmitAndWait(uint)"/>, but waits at most <paramref name="timeoutNanoseconds"/> when that is not
+    /// negative (needs <see cref="SupportsTimedWait"/>); a wait that times out returns -ETIME.
+    /// </summary>
+    public int SubmitAndWait(uint minComplete, long timeoutNanoseconds)
     {
         Publish();
         uint toSubmit = PendingSubmissions;
         uint flags = _enterFlags | IORING_ENTER_GETEVENTS;
+        kernel_timespec timeout = default;
+        io_uring_getevents_arg arg = default;
+        bool timed = minComplete != 0 && timeoutNanoseconds >= 0;
+        if (timed)
+        {
+            timeout.tv_sec = timeoutNanoseconds / 1_000_000_000;
+            timeout.tv_nsec = timeoutNanoseconds % 1_000_000_000;
+            arg.ts = (ulong)&timeout;
+            flags |= IORING_ENTER_EXT_ARG;
+        }
+
         while (true)
         {
-            int result = Enter(_enterFd, toSubmit, minComplete, flags);
+            int result = timed ? Enter(_enterFd, toSubmit, minComplete, flags, &arg) : Enter(_enterFd, toSubmit, minComplete, flags);
             if (result >= 0)
             {
                 return result;

@@ -225,7 +225,7 @@ internal sealed unsafe partial class IocpDispatcher
 
     // ---- send ----
 
-    public override void SubmitSend(ProactorConnection connection, in ReadOnlySequence<byte> buffer)
+    protected override void SubmitSend(ProactorConnection connection, in ReadOnlySequence<byte> buffer)
     {
         IocpOperation operation = StateOf(connection).Send;
         if (!_sendBlocks.TryPop(out IocpSendBlock? block))

@@ -70,7 +70,7 @@ internal sealed unsafe partial class IocpDispatcher : ProactorDispatcher
 
     // ---- the loop ----
 
-    protected override void PollCompletions(bool wait)
+    protected override void PollCompletions(bool wait, long waitNanoseconds)
     {
         uint removed = 0;
         if (!Kernel32.GetQueuedCompletionStatusEx(_portHandle, _entries, MaxEntries, &removed, wait ? Kernel32.INFINITE : 0, alertable: false))

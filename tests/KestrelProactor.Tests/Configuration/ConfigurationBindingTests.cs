@@ -61,6 +61,7 @@ public sealed class ConfigurationBindingTests
             "--Kestrel:Proactor:NoDelay=false",
             "--Kestrel:Proactor:MaxReadBufferSize=65536",
             "--Kestrel:Proactor:MaxWriteBufferSize=",
+            "--Kestrel:Proactor:OutputCoalescingDelay=00:00:00.0002",
             "--Kestrel:Proactor:AllowSocketTransportFallback=false");
         builder.WebHost.UseProactorTransport(builder.Configuration.GetSection(ProactorTransportOptions.ConfigurationSectionName));
         await using WebApplication app = builder.Build();
@@ -75,6 +76,7 @@ public sealed class ConfigurationBindingTests
         Assert.False(options.NoDelay);
         Assert.Equal(65536, options.MaxReadBufferSize);
         Assert.Null(options.MaxWriteBufferSize);
+        Assert.Equal(TimeSpan.FromMicroseconds(200), options.OutputCoalescingDelay);
         Assert.False(options.AllowSocketTransportFallback);
         Assert.Equal(OperatingSystem.IsLinux() ? "io_uring" : "sockets", backend);
     }
@@ -87,6 +89,7 @@ public sealed class ConfigurationBindingTests
     [InlineData("ReceiveBufferSize", "100", "ProactorTransportOptions.ReceiveBufferSize is 100; allowed: 512 to 1048576.")]
     [InlineData("MaxReadBufferSize", "-1", "ProactorTransportOptions.MaxReadBufferSize is -1; allowed: null, 0 (unbounded) or a positive number of bytes.")]
     [InlineData("Backlog", "0", "ProactorTransportOptions.Backlog is 0; allowed: 1 or more.")]
+    [InlineData("OutputCoalescingDelay", "00:00:00.01", "ProactorTransportOptions.OutputCoalescingDelay is 00:00:00.0100000; allowed: 0 (off) to 1 millisecond.")]
     public async Task Start_WithOptionOutOfRange_FailsNamingOptionAndAllowedValues(string option, string value, string expected)
     {
         WebApplicationBuilder builder = CreateBuilder($"--Kestrel:Proactor:{option}={value}");

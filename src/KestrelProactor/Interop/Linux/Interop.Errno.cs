@@ -22,6 +22,7 @@ internal static unsafe partial class Interop
         public const int EPIPE = 32;
         public const int ENOSYS = 38;
         public const int ENOTSOCK = 88;
+        public const int ETIME = 62;
         public const int EOPNOTSUPP = 95;
         public const int EADDRINUSE = 98;
         public const int ENETDOWN = 100;
@@ -38,6 +39,7 @@ internal static unsafe partial class Interop
         public static string Name(int errno) => errno switch
         {
             EPERM => "EPERM",
+            ETIME => "ETIME",
             ENOENT => "ENOENT",
             EINTR => "EINTR",
             EBADF => "EBADF",

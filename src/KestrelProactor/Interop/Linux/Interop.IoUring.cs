@@ -34,6 +34,7 @@ internal static unsafe partial class Interop
 
         // Enter flags.
         public const uint IORING_ENTER_GETEVENTS = 1u << 0;
+        public const uint IORING_ENTER_EXT_ARG = 1u << 3;
         public const uint IORING_ENTER_REGISTERED_RING = 1u << 4;
 
         // SQ ring flags (kernel-written).
@@ -211,6 +212,26 @@ internal static unsafe partial class Interop
 
         public static int Enter(int fd, uint toSubmit, uint minComplete, uint flags)
             => (int)Sys.syscall(SysIoUringEnter, fd, (nint)toSubmit, (nint)minComplete, (nint)flags, 0, 0);
+
+        /// <summary>The extended argument of <c>io_uring_enter</c> (5.11+): here only for its timeout.</summary>
+        [StructLayout(LayoutKind.Sequential)]
+        public struct io_uring_getevents_arg
+        {
+            public ulong sigmask;
+            public uint sigmask_sz;
+            public uint min_wait_usec;
+            public ulong ts;
+        }
+
+        [StructLayout(LayoutKind.Sequential)]
+        public struct kernel_timespec
+        {
+            public long tv_sec;
+            public long tv_nsec;
+        }
+
+        public static int Enter(int fd, uint toSubmit, uint minComplete, uint flags, io_uring_getevents_arg* arg)
+            => (int)Sys.syscall(SysIoUringEnter, fd, (nint)toSubmit, (nint)minComplete, (nint)flags, (nint)arg, sizeof(io_uring_getevents_arg));
 
         public static int Register(int fd, uint opcode, void* arg, uint nrArgs)
             => (int)Sys.syscall(SysIoUringRegister, fd, (nint)opcode, (nint)arg, (nint)nrArgs, 0, 0);
