@@ -85,15 +85,6 @@ internal sealed partial class ProactorConnection : ConnectionContext,
         _transportSide = new DuplexPipe(inputReader, new ProactorOutputWriter(output.Writer, this));
         Transport = _transportSide;
         ConnectionClosed = _connectionClosedSource.Token;
-
-        Features = new FeatureCollection();
-        Features.Set<IConnectionIdFeature>(this);
-        Features.Set<IConnectionTransportFeature>(this);
-        Features.Set<IConnectionItemsFeature>(this);
-        Features.Set<IConnectionLifetimeFeature>(this);
-        Features.Set<IConnectionEndPointFeature>(this);
-        Features.Set<IMemoryPoolFeature>(this);
-        Features.Set<IProactorConnectionFeature>(this);
     }
 
     public ProactorDispatcher Dispatcher { get; }
@@ -124,8 +115,6 @@ internal sealed partial class ProactorConnection : ConnectionContext,
         get => _connectionId ??= "P" + Interlocked.Increment(ref s_lastId).ToString("X8");
         set => _connectionId = value;
     }
-
-    public override IFeatureCollection Features { get; }
 
     public override IDictionary<object, object?> Items
     {

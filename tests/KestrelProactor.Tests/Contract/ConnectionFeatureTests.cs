@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using KestrelProactor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Connections.Features;
+using Microsoft.AspNetCore.Http.Features;
 
 namespace KestrelProactor.Tests.Contract;
 
@@ -79,6 +80,40 @@ public sealed class ConnectionFeatureTests
 
     [Theory]
     [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
+    public async Task Features_ReplaceRemoveAndEnumerate_BehaveAsAFeatureCollection(TransportKind kind)
+    {
+        // Arrange
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind);
+        (_, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+        IFeatureCollection features = connection.Features;
+        var transport = new ReplacementTransportFeature();
+        int revision = features.Revision;
+
+        // Act: replace a feature the connection provides, remove another, add one of the application's.
+        features.Set<IConnectionTransportFeature>(transport);
+        features.Set<IConnectionItemsFeature>(null);
+        features[typeof(ApplicationFeature)] = new ApplicationFeature();
+        features[typeof(ApplicationFeature)] = null;
+        var added = new ApplicationFeature();
+        features.Set(added);
+
+        // Assert
+        Assert.Same(transport, features.Get<IConnectionTransportFeature>());
+        Assert.Null(features.Get<IConnectionItemsFeature>());
+        Assert.Same(added, features.Get<ApplicationFeature>());
+        Assert.NotNull(features.Get<IConnectionIdFeature>());
+        Assert.True(features.Revision > revision, "setting features did not change the revision");
+        Assert.False(features.IsReadOnly);
+        Dictionary<Type, object> listed = features.ToDictionary(pair => pair.Key, pair => pair.Value);
+        Assert.Same(transport, listed[typeof(IConnectionTransportFeature)]);
+        Assert.False(listed.ContainsKey(typeof(IConnectionItemsFeature)));
+        Assert.Same(added, listed[typeof(ApplicationFeature)]);
+        Assert.Same(features.Get<IConnectionIdFeature>(), listed[typeof(IConnectionIdFeature)]);
+        Assert.Equal(features.Count(), listed.Count);
+    }
+
+    [Theory]
+    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
     public async Task Features_AcceptedConnection_ExposeTheSocket(TransportKind kind)
     {
         // Arrange
@@ -133,4 +168,9 @@ public sealed class ConnectionFeatureTests
     }
 
     private sealed class ApplicationFeature;
+
+    private sealed class ReplacementTransportFeature : IConnectionTransportFeature
+    {
+        public System.IO.Pipelines.IDuplexPipe Transport { get; set; } = null!;
+    }
 }
