@@ -217,6 +217,114 @@ public class HandlerFaultTests
     }
 
     [Fact]
+    public async Task ListenerFaultHandlingThrows_WhileItsMultishotAcceptGoesOn_IsLogged_ListenerKeepsAcceptingAndUnbinds()
+    {
+        var logs = new CountingLoggerProvider();
+        WebApplication app = await StartAsync(TransportKind.Proactor, logs);
+        try
+        {
+            string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+            ProactorDispatcher[] dispatchers = Dispatchers(app);
+            long faultsBefore = dispatchers.Sum(d => d.HandlerFaults);
+
+            await FaultAcceptAndItsListenersFaultHandlingAsync(new Uri(url).Port);
+
+            Assert.Equal(faultsBefore + 1, dispatchers.Sum(d => d.HandlerFaults));
+            // The dispatcher logged the second throw and went on; the armed multishot accept still accepts.
+            await WaitUntilAsync(() => logs.Count(CountingLoggerProvider.WorkItemFault) == 1);
+            Assert.Equal(0, logs.Count(CountingLoggerProvider.DispatcherFailed));
+            for (int i = 0; i < 8; i++)
+            {
+                using var fresh = new HttpClient { Timeout = TestTimeouts.Default };
+                Assert.Equal("io_uring", await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
+            }
+        }
+        finally
+        {
+            await StopAndDisposeAsync(app);
+        }
+    }
+
+    [Theory]
+    [InlineData(TransportKind.ProactorSingleShot)]
+    [InlineData(TransportKind.ProactorBasicTier)]
+    public async Task ListenerFaultHandlingThrows_AfterItsAcceptsLastCompletion_IsLogged_ListenerStillUnbinds(TransportKind kind)
+    {
+        // The listener's fault handling throws before it has done anything: no retry is scheduled, so the
+        // endpoint accepts no more, but the host must still stop. Unbind must not wait for an accept that the
+        // listener's own state still calls active.
+        var logs = new CountingLoggerProvider();
+        WebApplication app = await StartAsync(kind, logs);
+        try
+        {
+            string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+            ProactorDispatcher[] dispatchers = Dispatchers(app);
+            long faultsBefore = dispatchers.Sum(d => d.HandlerFaults);
+
+            await FaultAcceptAndItsListenersFaultHandlingAsync(new Uri(url).Port);
+
+            Assert.Equal(faultsBefore + 1, dispatchers.Sum(d => d.HandlerFaults));
+            await WaitUntilAsync(() => logs.Count(CountingLoggerProvider.WorkItemFault) == 1);
+            Assert.Equal(0, logs.Count(CountingLoggerProvider.DispatcherFailed));
+        }
+        finally
+        {
+            await StopAndDisposeAsync(app);
+        }
+    }
+
+    [Theory]
+    [InlineData(TransportKind.Proactor)]
+    [InlineData(TransportKind.ProactorSingleShot)]
+    public async Task ListenerFaultHandlingThrows_OnTheAcceptCancelledAtUnbind_IsLogged_ListenerStillUnbinds(TransportKind kind)
+    {
+        // At unbind the accept ends with a cancelled completion whose handler throws, and so does the listener's
+        // fault handling, which would have stopped accepting: the unbind must still see that nothing is in flight.
+        var logs = new CountingLoggerProvider();
+        WebApplication app = await StartAsync(kind, logs);
+        int acceptFaults = 0;
+        int listenerFaults = 0;
+        try
+        {
+            string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+            int port = new Uri(url).Port;
+            // One connection served: the listener's accept is armed (it is armed on the dispatcher after the bind).
+            using (var http = new HttpClient { Timeout = TestTimeouts.Default })
+            {
+                Assert.Equal("io_uring", await http.GetStringAsync(url + "/backend").DefaultTimeout());
+            }
+
+            ProactorDispatcher.TestHandlerHook = (owner, operation) =>
+            {
+                if (operation == OperationKind.Accept && owner is ProactorConnectionListener { EndPoint: IPEndPoint local } && local.Port == port)
+                {
+                    Interlocked.Increment(ref acceptFaults);
+                    throw new InvalidOperationException("injected accept handler fault");
+                }
+            };
+            ProactorConnectionListener.TestFaultHook = listener =>
+            {
+                if (listener.EndPoint is IPEndPoint local && local.Port == port)
+                {
+                    Interlocked.Increment(ref listenerFaults);
+                    throw new InvalidOperationException("injected fault in the listener's fault handling");
+                }
+            };
+
+            await StopAndDisposeAsync(app);
+        }
+        finally
+        {
+            ProactorDispatcher.TestHandlerHook = null;
+            ProactorConnectionListener.TestFaultHook = null;
+        }
+
+        Assert.Equal(1, acceptFaults);
+        Assert.Equal(1, listenerFaults);
+        Assert.Equal(1, logs.Count(CountingLoggerProvider.WorkItemFault));
+    }
+
+    [Fact]
     public async Task DispatcherLoopFails_ItsConnectionsEnd_NewOnesGoToTheOthers_HostStops()
     {
         WebApplication app = await StartAsync(TransportKind.Proactor);
@@ -367,6 +475,50 @@ public class HandlerFaultTests
                 return text.Substring(headerEnd + 4, length);
             }
         }
+    }
+
+    /// <summary>
+    /// Makes the next accept on <paramref name="port"/> throw in its handler and then in the listener's own fault
+    /// handling, and checks that the client of that accept sees its connection closed.
+    /// </summary>
+    private static async Task FaultAcceptAndItsListenersFaultHandlingAsync(int port)
+    {
+        int armed = 1;
+        int listenerFaults = 0;
+        ProactorDispatcher.TestHandlerHook = (owner, operation) =>
+        {
+            if (operation == OperationKind.Accept && owner is ProactorConnectionListener { EndPoint: IPEndPoint local } && local.Port == port &&
+                Interlocked.Exchange(ref armed, 0) == 1)
+            {
+                throw new InvalidOperationException("injected accept handler fault");
+            }
+        };
+        ProactorConnectionListener.TestFaultHook = listener =>
+        {
+            if (listener.EndPoint is IPEndPoint local && local.Port == port)
+            {
+                Interlocked.Increment(ref listenerFaults);
+                throw new InvalidOperationException("injected fault in the listener's fault handling");
+            }
+        };
+
+        try
+        {
+            using var victim = new Socket(SocketType.Stream, ProtocolType.Tcp);
+            await victim.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port)).DefaultTimeout();
+            await victim.SendAsync(Encoding.ASCII.GetBytes("GET /backend HTTP/1.1\r\nHost: x\r\n\r\n")).DefaultTimeout();
+            Assert.Equal(0, await ReceiveUntilClosedAsync(victim));
+            // The socket is closed before the listener hears of the fault: keep its hook until it has run.
+            await WaitUntilAsync(() => Volatile.Read(ref listenerFaults) != 0);
+        }
+        finally
+        {
+            ProactorDispatcher.TestHandlerHook = null;
+            ProactorConnectionListener.TestFaultHook = null;
+        }
+
+        Assert.Equal(0, armed);
+        Assert.Equal(1, listenerFaults);
     }
 
     /// <summary>Makes the next pass of <paramref name="target"/>'s loop fail, as a ring error would (other dispatchers, and other tests', go on).</summary>
