@@ -413,7 +413,8 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
 
     /// <summary>
     /// Routes one completion to its owner's handler, the same way for every backend. A handler that throws
-    /// aborts its owner (see <see cref="OnHandlerFault"/>); either way a closing connection then moves on.
+    /// aborts its owner (see <see cref="OnHandlerFault"/>); either way a closing connection or an unbinding
+    /// listener then moves on.
     /// </summary>
     /// <param name="owner">The owner found in the operation table.</param>
     /// <param name="kind">The operation that completed.</param>
@@ -448,8 +449,7 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
                     connection!.OnCloseCompleted(result);
                     break;
                 case OperationKind.Cancel:
-                    // A connection moves its close on below; a listener may be waiting for this to unbind.
-                    (owner as ProactorConnectionListener)?.OnCancelCompleted();
+                    // A connection moves its close on below, a listener its unbind.
                     break;
             }
         }
@@ -460,7 +460,17 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
             OnHandlerFault(owner, kind, operationEnded: !more, ex);
         }
 
-        connection?.AdvanceClose();
+        if (connection is not null)
+        {
+            connection.AdvanceClose();
+        }
+        else
+        {
+            // Outside the catch, as for a connection's close: an unbind waiting for this completion moves on
+            // even when the handler and the listener's own fault handling both threw.
+            (owner as ProactorConnectionListener)?.AdvanceUnbind();
+        }
+
         return bufferTaken;
     }
 

@@ -64,8 +64,9 @@ internal sealed partial class ProactorConnection
     /// <summary>
     /// A receive completed. With a provided buffer, <paramref name="data"/> holds the bytes: they are copied
     /// into the pipe (the backend returns the buffer right after). After a receive into rented pipe memory the
-    /// bytes are already in place and <paramref name="data"/> views them. <paramref name="more"/>: a multishot
-    /// receive stays armed and will complete again.
+    /// bytes are already in place: <paramref name="data"/> views them on IOCP and is empty on the io_uring basic
+    /// tier, and only the test receive hook reads it. <paramref name="more"/>: a multishot receive stays armed
+    /// and will complete again.
     /// </summary>
     /// <returns>True when the connection took buffer <paramref name="lentBufferId"/> (it goes back when the application consumed it).</returns>
     public bool OnReceiveCompleted(IoResult result, ReadOnlySpan<byte> data, bool more, int lentBufferId)

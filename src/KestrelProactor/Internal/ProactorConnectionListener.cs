@@ -29,7 +29,6 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
     private readonly TaskCompletionSource _acceptStopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly bool _isTcp;
     private volatile bool _unbinding;
-    private bool _acceptActive;
     private bool _acceptStopHandled;
     private int _retryDelayMs;
     private Timer? _retryTimer;
@@ -58,6 +57,20 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
     public object? BackendState { get; set; }
 
     public bool UseMultishot => !_options.DisableMultishot;
+
+    /// <summary>
+    /// True while an accept, or the cancel sent at unbind, is in flight (dispatcher thread only). It is read from
+    /// the operation table, which counts every submission and final completion whatever a handler does, not
+    /// kept by this listener: a handler or fault handling of its own that throws halfway cannot leave it stale,
+    /// so an unbind never waits for an accept that is no longer there.
+    /// </summary>
+    private bool AcceptInFlight => _acceptDispatcher.InFlightOf(this) != 0;
+
+    /// <summary>
+    /// A test hook: runs first in this listener's <see cref="IOperationOwner.OnHandlerFault"/>. A throw takes the
+    /// path of a bug in the listener's own fault handling, which the dispatcher can only log.
+    /// </summary>
+    internal static Action<ProactorConnectionListener>? TestFaultHook { get; set; }
 
     public static IConnectionListener Bind(ProactorBackend backend, EndPoint endpoint, ProactorTransportOptions options, ILogger logger)
     {
@@ -94,14 +107,12 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
 
     private void ArmAccept()
     {
-        if (_unbinding || _acceptActive)
+        if (_unbinding || AcceptInFlight)
         {
             return;
         }
 
-        // Set once the submission is queued: if preparing it throws, no accept is in flight.
         _acceptDispatcher.SubmitAccept(this);
-        _acceptActive = true;
     }
 
     /// <summary>
@@ -111,11 +122,6 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
     /// </summary>
     public void OnAcceptCompleted(IoResult result, ref SafeHandle? acceptedSocket, bool more)
     {
-        if (!more)
-        {
-            _acceptActive = false;
-        }
-
         if (result.IsSuccess && acceptedSocket is not null)
         {
             _retryDelayMs = 0;
@@ -248,9 +254,9 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
         _acceptDispatcher.Schedule(static state =>
         {
             var listener = (ProactorConnectionListener)state!;
-            if (listener._acceptActive)
+            if (listener.AcceptInFlight)
             {
-                // The accept's final completion (ECANCELED) ends accepting; see OnAcceptCompleted.
+                // Accepting ends once both the accept (ECANCELED) and this cancel have completed; see AdvanceUnbind.
                 listener._acceptDispatcher.SubmitCancel(listener, OperationKind.Accept);
             }
             else
@@ -272,9 +278,9 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
     /// <summary>Runs on the accept dispatcher once no accept is in flight.</summary>
     private void StopAccepting()
     {
-        // The unbind's cancel may still be in flight (its accept completed just before it): the listener leaves
-        // the operation table only after that completion too.
-        if (_acceptStopHandled || _acceptActive || _acceptDispatcher.InFlightOf(this) != 0)
+        // The unbind's cancel may still be in flight (its accept completed just before it), or the accept (the
+        // cancel completed first): the listener leaves the operation table only after the last of them.
+        if (_acceptStopHandled || AcceptInFlight)
         {
             return;
         }
@@ -317,17 +323,14 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
 
     void IOperationOwner.OnHandlerFault(OperationKind kind, bool operationEnded, Exception exception)
     {
-        if (kind == OperationKind.Accept && operationEnded)
-        {
-            // The handler may have thrown before it saw that this was the accept's last completion.
-            _acceptActive = false;
-        }
-
+        TestFaultHook?.Invoke(this);
+        // Whether the accept ended comes from the operation table (AcceptInFlight), not from the handler, which
+        // may have thrown before it saw that this was the accept's last completion.
         if (_unbinding)
         {
             StopAccepting();
         }
-        else if (!_acceptActive)
+        else if (!AcceptInFlight)
         {
             // A multishot accept that goes on must not get a twin (one cancel at unbind could not end both).
             _retryDelayMs = 10;
@@ -335,8 +338,11 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
         }
     }
 
-    /// <summary>The cancel sent at unbind completed (whether or not it found the accept): accepting may stop now.</summary>
-    public void OnCancelCompleted()
+    /// <summary>
+    /// Runs after every completion of this listener, whether or not its handler threw. Once unbinding, accepting
+    /// stops when the last of the accept and the unbind's cancel has completed, in whichever order they came.
+    /// </summary>
+    public void AdvanceUnbind()
     {
         if (_unbinding)
         {

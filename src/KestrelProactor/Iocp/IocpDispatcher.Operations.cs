@@ -219,8 +219,12 @@ internal sealed unsafe partial class IocpDispatcher
         operation.LastReceiveFilled = result.IsSuccess && result.Value > 0 && result.Value == (int)operation.Header->Buffer.len;
 
         // Any other failure status ends the connection in the shared code (Wine even completes a receive pending
-        // at close with a warning status, 0x8000000A); a cancellation is OperationAborted.
-        DispatchCompletion(connection, OperationKind.Receive, result, more: false, default, null);
+        // at close with a warning status, 0x8000000A); a cancellation is OperationAborted. The bytes are already in
+        // the pipe's memory, still pinned: the handler gets a view of them (only the test receive hook reads it).
+        ReadOnlySpan<byte> received = result.IsSuccess && result.Value > 0
+            ? new ReadOnlySpan<byte>(operation.Header->Buffer.buf, result.Value)
+            : default;
+        DispatchCompletion(connection, OperationKind.Receive, result, more: false, received, null);
     }
 
     // ---- send ----

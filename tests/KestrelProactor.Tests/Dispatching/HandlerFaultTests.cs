@@ -17,9 +17,40 @@ using Microsoft.Extensions.Logging;
 
 namespace KestrelProactor.Tests.Dispatching;
 
-/// <summary>A completion handler that throws must cost one connection, never the dispatcher or the process.</summary>
+/// <summary>
+/// A completion handler that throws must cost one connection, never the dispatcher or the process. The Windows
+/// project links this file, so the faults are injected over IOCP as well as io_uring.
+/// </summary>
 public class HandlerFaultTests
 {
+    public static TheoryData<TransportKind> OutputContinuationKinds => KindsHere(TransportKind.Proactor, TransportKind.ProactorInline, TransportKind.ProactorBasicTier);
+
+    public static TheoryData<TransportKind, string> LastCompletions
+    {
+        get
+        {
+            (TransportKind Kind, string Operation)[] cases =
+            [
+                (TransportKind.Proactor, "Shutdown"),
+                (TransportKind.Proactor, "Close"),
+                (TransportKind.ProactorSingleShot, "Receive"),
+                (TransportKind.ProactorBasicTier, "Receive"),
+                (TransportKind.ProactorBasicTier, "Close"),
+            ];
+            var data = new TheoryData<TransportKind, string>();
+            foreach (var (kind, operation) in cases.Select(c => (AsRunHere(c.Kind), c.Operation)).Distinct())
+            {
+                data.Add(kind, operation);
+            }
+
+            return data;
+        }
+    }
+
+    public static TheoryData<TransportKind> AcceptKinds => KindsHere(TransportKind.Proactor, TransportKind.ProactorSingleShot);
+
+    public static TheoryData<TransportKind> SingleShotAcceptKinds => KindsHere(TransportKind.ProactorSingleShot, TransportKind.ProactorBasicTier);
+
     [Fact]
     public async Task ReceiveHandlerThrows_AbortsThatConnection_OthersKeepBeingServed()
     {
@@ -38,7 +69,7 @@ public class HandlerFaultTests
             string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
             var endpoint = new Uri(url);
             using var http = new HttpClient { Timeout = TestTimeouts.Default };
-            Assert.Equal("io_uring", await http.GetStringAsync(url + "/backend").DefaultTimeout());
+            Assert.Equal(TransportFactories.ExpectedBackend, await http.GetStringAsync(url + "/backend").DefaultTimeout());
             var factory = app.Services.GetServices<IConnectionListenerFactory>().OfType<ProactorTransportFactory>().Single();
             long faultsBefore = factory.Backend!.Dispatchers.Sum(d => d.HandlerFaults);
 
@@ -54,7 +85,7 @@ public class HandlerFaultTests
             for (int i = 0; i < 8; i++)
             {
                 using var fresh = new HttpClient { Timeout = TestTimeouts.Default };
-                Assert.Equal("io_uring", await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
+                Assert.Equal(TransportFactories.ExpectedBackend, await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
             }
         }
         finally
@@ -64,9 +95,7 @@ public class HandlerFaultTests
     }
 
     [Theory]
-    [InlineData(TransportKind.Proactor)]
-    [InlineData(TransportKind.ProactorInline)]
-    [InlineData(TransportKind.ProactorBasicTier)]
+    [MemberData(nameof(OutputContinuationKinds))]
     public async Task OutputContinuationThrows_AbortsThatConnection_ReleasesIt_OthersKeepBeingServed(TransportKind kind)
     {
         // The output read's continuation is a work item the pipe queues with state of its own: the dispatcher
@@ -75,7 +104,7 @@ public class HandlerFaultTests
         string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         var endpoint = new Uri(url);
         using var http = new HttpClient { Timeout = TestTimeouts.Default };
-        Assert.Equal("io_uring", await http.GetStringAsync(url + "/backend").DefaultTimeout());
+        Assert.Equal(TransportFactories.ExpectedBackend, await http.GetStringAsync(url + "/backend").DefaultTimeout());
         ProactorDispatcher[] dispatchers = Dispatchers(app);
         long faultsBefore = dispatchers.Sum(d => d.HandlerFaults);
         long ownersBefore = dispatchers.Sum(d => d.ConnectionCount);
@@ -109,16 +138,12 @@ public class HandlerFaultTests
         for (int i = 0; i < 8; i++)
         {
             using var fresh = new HttpClient { Timeout = TestTimeouts.Default };
-            Assert.Equal("io_uring", await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
+            Assert.Equal(TransportFactories.ExpectedBackend, await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
         }
     }
 
     [Theory]
-    [InlineData(TransportKind.Proactor, "Shutdown")]
-    [InlineData(TransportKind.Proactor, "Close")]
-    [InlineData(TransportKind.ProactorSingleShot, "Receive")]
-    [InlineData(TransportKind.ProactorBasicTier, "Receive")]
-    [InlineData(TransportKind.ProactorBasicTier, "Close")]
+    [MemberData(nameof(LastCompletions))]
     public async Task HandlerThrowsBeforeItsBookkeeping_OnTheOperationsLastCompletion_ConnectionStillEndsAndIsReleased(TransportKind kind, string operationName)
     {
         OperationKind operation = Enum.Parse<OperationKind>(operationName);
@@ -128,7 +153,7 @@ public class HandlerFaultTests
         string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         int port = new Uri(url).Port;
         using var http = new HttpClient { Timeout = TestTimeouts.Default };
-        Assert.Equal("io_uring", await http.GetStringAsync(url + "/backend").DefaultTimeout());
+        Assert.Equal(TransportFactories.ExpectedBackend, await http.GetStringAsync(url + "/backend").DefaultTimeout());
         ProactorDispatcher[] dispatchers = Dispatchers(app);
         long faultsBefore = dispatchers.Sum(d => d.HandlerFaults);
         long ownersBefore = dispatchers.Sum(d => d.ConnectionCount);
@@ -162,12 +187,11 @@ public class HandlerFaultTests
         Assert.Equal(1, fired);
         Assert.Equal(faultsBefore + 1, dispatchers.Sum(d => d.HandlerFaults));
         using var fresh = new HttpClient { Timeout = TestTimeouts.Default };
-        Assert.Equal("io_uring", await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
+        Assert.Equal(TransportFactories.ExpectedBackend, await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
     }
 
     [Theory]
-    [InlineData(TransportKind.Proactor)]
-    [InlineData(TransportKind.ProactorSingleShot)]
+    [MemberData(nameof(AcceptKinds))]
     public async Task AcceptHandlerThrows_ClosesThatSocket_ListenerKeepsAcceptingAndUnbinds(TransportKind kind)
     {
         WebApplication app = await StartAsync(kind);
@@ -205,7 +229,7 @@ public class HandlerFaultTests
             for (int i = 0; i < 8; i++)
             {
                 using var fresh = new HttpClient { Timeout = TestTimeouts.Default };
-                Assert.Equal("io_uring", await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
+                Assert.Equal(TransportFactories.ExpectedBackend, await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
             }
         }
         finally
@@ -214,6 +238,113 @@ public class HandlerFaultTests
             await app.StopAsync().DefaultTimeout();
             await app.DisposeAsync().AsTask().DefaultTimeout();
         }
+    }
+
+    [Fact]
+    public async Task ListenerFaultHandlingThrows_WhileItsMultishotAcceptGoesOn_IsLogged_ListenerKeepsAcceptingAndUnbinds()
+    {
+        Assert.SkipWhen(OperatingSystem.IsWindows(), "IOCP accepts are single-shot: no accept goes on after the fault (see the AfterItsAcceptsLastCompletion test).");
+        var logs = new CountingLoggerProvider();
+        WebApplication app = await StartAsync(TransportKind.Proactor, logs);
+        try
+        {
+            string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+            ProactorDispatcher[] dispatchers = Dispatchers(app);
+            long faultsBefore = dispatchers.Sum(d => d.HandlerFaults);
+
+            await FaultAcceptAndItsListenersFaultHandlingAsync(new Uri(url).Port);
+
+            Assert.Equal(faultsBefore + 1, dispatchers.Sum(d => d.HandlerFaults));
+            // The dispatcher logged the second throw and went on; the armed multishot accept still accepts.
+            await WaitUntilAsync(() => logs.Count(CountingLoggerProvider.WorkItemFault) == 1);
+            Assert.Equal(0, logs.Count(CountingLoggerProvider.DispatcherFailed));
+            for (int i = 0; i < 8; i++)
+            {
+                using var fresh = new HttpClient { Timeout = TestTimeouts.Default };
+                Assert.Equal(TransportFactories.ExpectedBackend, await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
+            }
+        }
+        finally
+        {
+            await StopAndDisposeAsync(app);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(SingleShotAcceptKinds))]
+    public async Task ListenerFaultHandlingThrows_AfterItsAcceptsLastCompletion_IsLogged_ListenerStillUnbinds(TransportKind kind)
+    {
+        // The listener's fault handling throws before it has done anything: no retry is scheduled, so the
+        // endpoint accepts no more, but the host must still stop. Unbind must not wait for an accept that the
+        // listener's own state still calls active.
+        var logs = new CountingLoggerProvider();
+        WebApplication app = await StartAsync(kind, logs);
+        try
+        {
+            string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+            ProactorDispatcher[] dispatchers = Dispatchers(app);
+            long faultsBefore = dispatchers.Sum(d => d.HandlerFaults);
+
+            await FaultAcceptAndItsListenersFaultHandlingAsync(new Uri(url).Port);
+
+            Assert.Equal(faultsBefore + 1, dispatchers.Sum(d => d.HandlerFaults));
+            await WaitUntilAsync(() => logs.Count(CountingLoggerProvider.WorkItemFault) == 1);
+            Assert.Equal(0, logs.Count(CountingLoggerProvider.DispatcherFailed));
+        }
+        finally
+        {
+            await StopAndDisposeAsync(app);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(AcceptKinds))]
+    public async Task ListenerFaultHandlingThrows_OnTheAcceptCancelledAtUnbind_IsLogged_ListenerStillUnbinds(TransportKind kind)
+    {
+        // At unbind the accept ends with a cancelled completion whose handler throws, and so does the listener's
+        // fault handling, which would have stopped accepting: the unbind must still see that nothing is in flight.
+        var logs = new CountingLoggerProvider();
+        WebApplication app = await StartAsync(kind, logs);
+        int acceptFaults = 0;
+        int listenerFaults = 0;
+        try
+        {
+            string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+            int port = new Uri(url).Port;
+            // One connection served: the listener's accept is armed (it is armed on the dispatcher after the bind).
+            using (var http = new HttpClient { Timeout = TestTimeouts.Default })
+            {
+                Assert.Equal(TransportFactories.ExpectedBackend, await http.GetStringAsync(url + "/backend").DefaultTimeout());
+            }
+
+            ProactorDispatcher.TestHandlerHook = (owner, operation) =>
+            {
+                if (operation == OperationKind.Accept && owner is ProactorConnectionListener { EndPoint: IPEndPoint local } && local.Port == port)
+                {
+                    Interlocked.Increment(ref acceptFaults);
+                    throw new InvalidOperationException("injected accept handler fault");
+                }
+            };
+            ProactorConnectionListener.TestFaultHook = listener =>
+            {
+                if (listener.EndPoint is IPEndPoint local && local.Port == port)
+                {
+                    Interlocked.Increment(ref listenerFaults);
+                    throw new InvalidOperationException("injected fault in the listener's fault handling");
+                }
+            };
+
+            await StopAndDisposeAsync(app);
+        }
+        finally
+        {
+            ProactorDispatcher.TestHandlerHook = null;
+            ProactorConnectionListener.TestFaultHook = null;
+        }
+
+        Assert.Equal(1, acceptFaults);
+        Assert.Equal(1, listenerFaults);
+        Assert.Equal(1, logs.Count(CountingLoggerProvider.WorkItemFault));
     }
 
     [Fact]
@@ -338,9 +469,18 @@ public class HandlerFaultTests
 
         await WaitUntilAsync(() => logs.Count(CountingLoggerProvider.ConnectionClosedCallbackFault) >= 1);
         using var fresh = new HttpClient { Timeout = TestTimeouts.Default };
-        Assert.Equal("io_uring", await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
+        Assert.Equal(TransportFactories.ExpectedBackend, await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
         Assert.Equal(0, logs.Count(CountingLoggerProvider.CompletionHandlerFault) + logs.Count(CountingLoggerProvider.DispatcherFailed));
     }
+
+    /// <summary>
+    /// The kinds a theory runs here, each once. IOCP accepts and receives are always single-shot into pipe memory,
+    /// so there the single-shot and basic-tier kinds are the Proactor kind.
+    /// </summary>
+    private static TheoryData<TransportKind> KindsHere(params TransportKind[] kinds) => new(kinds.Select(AsRunHere).Distinct());
+
+    private static TransportKind AsRunHere(TransportKind kind)
+        => OperatingSystem.IsWindows() && kind is TransportKind.ProactorSingleShot or TransportKind.ProactorBasicTier ? TransportKind.Proactor : kind;
 
     /// <summary>One keep-alive GET on a raw socket; returns the body (Content-Length framed).</summary>
     private static async Task<string> RequestAsync(Socket socket, string path)
@@ -367,6 +507,50 @@ public class HandlerFaultTests
                 return text.Substring(headerEnd + 4, length);
             }
         }
+    }
+
+    /// <summary>
+    /// Makes the next accept on <paramref name="port"/> throw in its handler and then in the listener's own fault
+    /// handling, and checks that the client of that accept sees its connection closed.
+    /// </summary>
+    private static async Task FaultAcceptAndItsListenersFaultHandlingAsync(int port)
+    {
+        int armed = 1;
+        int listenerFaults = 0;
+        ProactorDispatcher.TestHandlerHook = (owner, operation) =>
+        {
+            if (operation == OperationKind.Accept && owner is ProactorConnectionListener { EndPoint: IPEndPoint local } && local.Port == port &&
+                Interlocked.Exchange(ref armed, 0) == 1)
+            {
+                throw new InvalidOperationException("injected accept handler fault");
+            }
+        };
+        ProactorConnectionListener.TestFaultHook = listener =>
+        {
+            if (listener.EndPoint is IPEndPoint local && local.Port == port)
+            {
+                Interlocked.Increment(ref listenerFaults);
+                throw new InvalidOperationException("injected fault in the listener's fault handling");
+            }
+        };
+
+        try
+        {
+            using var victim = new Socket(SocketType.Stream, ProtocolType.Tcp);
+            await victim.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port)).DefaultTimeout();
+            await victim.SendAsync(Encoding.ASCII.GetBytes("GET /backend HTTP/1.1\r\nHost: x\r\n\r\n")).DefaultTimeout();
+            Assert.Equal(0, await ReceiveUntilClosedAsync(victim));
+            // The socket is closed before the listener hears of the fault: keep its hook until it has run.
+            await WaitUntilAsync(() => Volatile.Read(ref listenerFaults) != 0);
+        }
+        finally
+        {
+            ProactorDispatcher.TestHandlerHook = null;
+            ProactorConnectionListener.TestFaultHook = null;
+        }
+
+        Assert.Equal(0, armed);
+        Assert.Equal(1, listenerFaults);
     }
 
     /// <summary>Makes the next pass of <paramref name="target"/>'s loop fail, as a ring error would (other dispatchers, and other tests', go on).</summary>
