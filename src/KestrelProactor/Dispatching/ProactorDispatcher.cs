@@ -455,9 +455,10 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
         }
         catch (Exception ex)
         {
-            // An accepted socket the listener had not yet handed to a connection is closed here, not leaked.
-            acceptedSocket?.Dispose();
+            // Counted and logged first, so the fault is on record by the time its client sees the close. An accepted
+            // socket the listener had not yet handed to a connection is closed here, not leaked.
             OnHandlerFault(owner, kind, operationEnded: !more, ex);
+            acceptedSocket?.Dispose();
         }
 
         if (connection is not null)

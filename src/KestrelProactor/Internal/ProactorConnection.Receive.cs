@@ -9,6 +9,9 @@ namespace KestrelProactor.Internal;
 
 internal sealed partial class ProactorConnection
 {
+    /// <summary>Tests only: runs where the input resumes after back-pressure (both continuations), to inject a fault there.</summary>
+    internal static Action<ProactorConnection>? TestInputResumeHook { get; set; }
+
     private bool _receiveActive;
     private bool _inputEnded;
     private bool _inputFlushPending;
@@ -226,6 +229,7 @@ internal sealed partial class ProactorConnection
     {
         try
         {
+            TestInputResumeHook?.Invoke(this);
             _inputFlushPending = false;
             if (_lendingInput!.IsReaderCompleted)
             {
@@ -271,6 +275,7 @@ internal sealed partial class ProactorConnection
     {
         try
         {
+            TestInputResumeHook?.Invoke(this);
             FlushResult result = _inputFlushAwaiter.GetResult();
             _inputFlushAwaiter = default;
             _inputFlushPending = false;

@@ -47,6 +47,9 @@ public class HandlerFaultTests
         }
     }
 
+    /// <summary>The lent input's resume (buffer rings) and the copied input's flush continuation (basic tier; IOCP).</summary>
+    public static TheoryData<TransportKind> InputResumeKinds => KindsHere(TransportKind.Proactor, TransportKind.ProactorBasicTier);
+
     public static TheoryData<TransportKind> AcceptKinds => KindsHere(TransportKind.Proactor, TransportKind.ProactorSingleShot);
 
     public static TheoryData<TransportKind> SingleShotAcceptKinds => KindsHere(TransportKind.ProactorSingleShot, TransportKind.ProactorBasicTier);
@@ -136,6 +139,69 @@ public class HandlerFaultTests
         // The aborted connection left the operation table: every operation it had completed, its descriptor closed.
         await WaitUntilAsync(() => dispatchers.Sum(d => d.ConnectionCount) == ownersBefore);
         for (int i = 0; i < 8; i++)
+        {
+            using var fresh = new HttpClient { Timeout = TestTimeouts.Default };
+            Assert.Equal(TransportFactories.ExpectedBackend, await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(InputResumeKinds))]
+    public async Task InputResumeThrows_AbortsThatConnection_ReleasesIt_OthersKeepBeingServed(TransportKind kind)
+    {
+        // The input's resume after back-pressure is a continuation the pipe runs with state of its own (the lent
+        // input's with buffer rings, the copied input's flush on the basic tier): as for the output's, the
+        // connection must take its own fault. The handler waits before reading, so 4 MiB fill its 1 MiB input.
+        await using WebApplication app = await StartAsync(kind);
+        string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        var endpoint = new Uri(url);
+        using var http = new HttpClient { Timeout = TestTimeouts.Default };
+        Assert.Equal(TransportFactories.ExpectedBackend, await http.GetStringAsync(url + "/backend").DefaultTimeout());
+        ProactorDispatcher[] dispatchers = Dispatchers(app);
+        long faultsBefore = dispatchers.Sum(d => d.HandlerFaults);
+        long ownersBefore = dispatchers.Sum(d => d.ConnectionCount);
+
+        using var victim = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        await victim.ConnectAsync(new IPEndPoint(IPAddress.Loopback, endpoint.Port)).DefaultTimeout();
+        int victimPort = ((IPEndPoint)victim.LocalEndPoint!).Port;
+        int resumes = 0;
+        ProactorConnection.TestInputResumeHook = connection =>
+        {
+            if (connection is { RemoteEndPoint: IPEndPoint remote, LocalEndPoint: IPEndPoint local } &&
+                remote.Port == victimPort && local.Port == endpoint.Port)
+            {
+                Interlocked.Increment(ref resumes);
+                throw new InvalidOperationException("injected input resume fault");
+            }
+        };
+
+        try
+        {
+            const int BodyLength = 4 * 1024 * 1024;
+            Task upload = Task.Run(async () =>
+            {
+                try
+                {
+                    await victim.SendAsync(Encoding.ASCII.GetBytes($"POST /drain HTTP/1.1\r\nHost: x\r\nContent-Length: {BodyLength}\r\n\r\n"));
+                    await victim.SendAsync(new byte[BodyLength]);
+                }
+                catch (SocketException)
+                {
+                    // The abort's reset cut the upload.
+                }
+            });
+            await ReceiveUntilClosedAsync(victim);
+            await upload.DefaultTimeout();
+        }
+        finally
+        {
+            ProactorConnection.TestInputResumeHook = null;
+        }
+
+        Assert.Equal(1, Volatile.Read(ref resumes));
+        Assert.Equal(faultsBefore + 1, dispatchers.Sum(d => d.HandlerFaults));
+        await WaitUntilAsync(() => dispatchers.Sum(d => d.ConnectionCount) == ownersBefore);
+        for (int i = 0; i < 4; i++)
         {
             using var fresh = new HttpClient { Timeout = TestTimeouts.Default };
             Assert.Equal(TransportFactories.ExpectedBackend, await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
@@ -616,6 +682,13 @@ public class HandlerFaultTests
         builder.WebHost.UseProactorTransport(o => TransportFactories.Configure(kind, o));
         WebApplication app = builder.Build();
         app.MapGet("/backend", (HttpContext c) => c.Features.Get<IProactorConnectionFeature>()?.Backend ?? "sockets");
+        app.MapPost("/drain", async (HttpContext c) =>
+        {
+            // Reads only after a pause, so a large upload meets the input's back-pressure first.
+            await Task.Delay(200);
+            await c.Request.Body.CopyToAsync(Stream.Null);
+            return "drained";
+        });
         app.MapGet("/dispatcher", (HttpContext c) =>
         {
             // Content-Length framed, so a raw client reads one answer and keeps the connection.
