@@ -491,6 +491,20 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
         catch (Exception second)
         {
             ProactorLog.WorkItemFault(Logger, Id, second);
+            if (owner is ProactorConnection connection)
+            {
+                // Its own fault handling threw: abort it all the same, or it stays open with nothing to end it.
+                // Abort is idempotent and schedules before it logs, so a second call is harmless.
+                try
+                {
+                    connection.Abort(new Microsoft.AspNetCore.Connections.ConnectionAbortedException(
+                        $"The transport failed while handling {kind} for this connection.", exception));
+                }
+                catch (Exception third)
+                {
+                    ProactorLog.WorkItemFault(Logger, Id, third);
+                }
+            }
         }
     }
 

@@ -30,11 +30,13 @@ internal sealed partial class ProactorConnection
         }
 
         Volatile.Write(ref _abortRequested, 1);
-        ProactorLog.ConnectionWriteRst(_logger, ConnectionId, abortReason.Message);
         if (Volatile.Read(ref _started) != 0)
         {
             Dispatcher.Schedule(static state => ((ProactorConnection)state!).AbortOnDispatcher(), this);
         }
+
+        // Logged last: a logger that throws must not leave the abort half done (a second call returns early above).
+        ProactorLog.ConnectionWriteRst(_logger, ConnectionId, abortReason.Message);
     }
 
     private void AbortOnDispatcher()

@@ -176,14 +176,24 @@ internal sealed partial class ProactorConnection : ConnectionContext,
         _connectionClosedSource.Dispose();
     }
 
+    /// <summary>Tests only: runs first in this connection's fault handling, to make that throw in turn.</summary>
+    internal static Action<ProactorConnection>? TestFaultHook { get; set; }
+
     void IOperationOwner.OnHandlerFault(OperationKind kind, bool operationEnded, Exception exception)
     {
-        Abort(new ConnectionAbortedException($"The transport failed while handling {kind} for this connection.", exception));
-        if (operationEnded)
+        try
         {
-            // The handler may have thrown before its own bookkeeping: the operation is over whatever it did, and the
-            // close must not wait for it.
-            ForgetEndedOperation(kind);
+            TestFaultHook?.Invoke(this);
+            Abort(new ConnectionAbortedException($"The transport failed while handling {kind} for this connection.", exception));
+        }
+        finally
+        {
+            if (operationEnded)
+            {
+                // The handler may have thrown before its own bookkeeping: the operation is over whatever it did, and
+                // the close must not wait for it.
+                ForgetEndedOperation(kind);
+            }
         }
     }
 

@@ -97,6 +97,63 @@ public class HandlerFaultTests
         }
     }
 
+    [Fact]
+    public async Task ConnectionFaultHandlingThrows_IsLogged_ThatConnectionIsStillAbortedAndReleased()
+    {
+        // A receive handler throws, then the connection's own fault handling throws in turn: the dispatcher logs the
+        // second throw (event 4) and aborts the connection itself, which would otherwise stay open for ever.
+        var logs = new CountingLoggerProvider();
+        await using WebApplication app = await StartAsync(logs: logs);
+        string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        var endpoint = new Uri(url);
+        using var http = new HttpClient { Timeout = TestTimeouts.Default };
+        Assert.Equal(TransportFactories.ExpectedBackend, await http.GetStringAsync(url + "/backend").DefaultTimeout());
+        ProactorDispatcher[] dispatchers = Dispatchers(app);
+        long faultsBefore = dispatchers.Sum(d => d.HandlerFaults);
+        long ownersBefore = dispatchers.Sum(d => d.ConnectionCount);
+        string marker = "X-Fault-" + Guid.NewGuid().ToString("N");
+        ProactorDispatcher.TestReceiveHook = data =>
+        {
+            if (data.IndexOf(Encoding.ASCII.GetBytes(marker)) >= 0)
+            {
+                throw new InvalidOperationException("injected completion handler fault");
+            }
+        };
+
+        using var victim = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        await victim.ConnectAsync(new IPEndPoint(IPAddress.Loopback, endpoint.Port)).DefaultTimeout();
+        int victimPort = ((IPEndPoint)victim.LocalEndPoint!).Port;
+        ProactorConnection.TestFaultHook = connection =>
+        {
+            if (connection is { RemoteEndPoint: IPEndPoint remote, LocalEndPoint: IPEndPoint local } &&
+                remote.Port == victimPort && local.Port == endpoint.Port)
+            {
+                throw new InvalidOperationException("injected fault in the connection's fault handling");
+            }
+        };
+
+        try
+        {
+            await victim.SendAsync(Encoding.ASCII.GetBytes($"GET /backend HTTP/1.1\r\nHost: x\r\n{marker}: 1\r\n\r\n")).DefaultTimeout();
+            Assert.Equal(0, await ReceiveUntilClosedAsync(victim));
+        }
+        finally
+        {
+            ProactorDispatcher.TestReceiveHook = null;
+            ProactorConnection.TestFaultHook = null;
+        }
+
+        Assert.Equal(faultsBefore + 1, dispatchers.Sum(d => d.HandlerFaults));
+        await WaitUntilAsync(() => logs.Count(CountingLoggerProvider.WorkItemFault) == 1);
+        Assert.Equal(0, logs.Count(CountingLoggerProvider.DispatcherFailed));
+        await WaitUntilAsync(() => dispatchers.Sum(d => d.ConnectionCount) == ownersBefore);
+        for (int i = 0; i < 4; i++)
+        {
+            using var fresh = new HttpClient { Timeout = TestTimeouts.Default };
+            Assert.Equal(TransportFactories.ExpectedBackend, await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
+        }
+    }
+
     [Theory]
     [MemberData(nameof(OutputContinuationKinds))]
     public async Task OutputContinuationThrows_AbortsThatConnection_ReleasesIt_OthersKeepBeingServed(TransportKind kind)
