@@ -103,14 +103,7 @@ public class HandlerFaultTests
         // A receive handler throws, then the connection's own fault handling throws in turn: the dispatcher logs the
         // second throw (event 4) and aborts the connection itself, which would otherwise stay open for ever.
         var logs = new CountingLoggerProvider();
-        await using WebApplication app = await StartAsync(logs: logs);
-        string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-        var endpoint = new Uri(url);
-        using var http = new HttpClient { Timeout = TestTimeouts.Default };
-        Assert.Equal(TransportFactories.ExpectedBackend, await http.GetStringAsync(url + "/backend").DefaultTimeout());
-        ProactorDispatcher[] dispatchers = Dispatchers(app);
-        long faultsBefore = dispatchers.Sum(d => d.HandlerFaults);
-        long ownersBefore = dispatchers.Sum(d => d.ConnectionCount);
+        await using VictimHost host = await VictimHost.StartAsync(logs: logs);
         string marker = "X-Fault-" + Guid.NewGuid().ToString("N");
         ProactorDispatcher.TestReceiveHook = data =>
         {
@@ -119,14 +112,9 @@ public class HandlerFaultTests
                 throw new InvalidOperationException("injected completion handler fault");
             }
         };
-
-        using var victim = new Socket(SocketType.Stream, ProtocolType.Tcp);
-        await victim.ConnectAsync(new IPEndPoint(IPAddress.Loopback, endpoint.Port)).DefaultTimeout();
-        int victimPort = ((IPEndPoint)victim.LocalEndPoint!).Port;
         ProactorConnection.TestFaultHook = connection =>
         {
-            if (connection is { RemoteEndPoint: IPEndPoint remote, LocalEndPoint: IPEndPoint local } &&
-                remote.Port == victimPort && local.Port == endpoint.Port)
+            if (host.IsVictim(connection))
             {
                 throw new InvalidOperationException("injected fault in the connection's fault handling");
             }
@@ -134,8 +122,8 @@ public class HandlerFaultTests
 
         try
         {
-            await victim.SendAsync(Encoding.ASCII.GetBytes($"GET /backend HTTP/1.1\r\nHost: x\r\n{marker}: 1\r\n\r\n")).DefaultTimeout();
-            Assert.Equal(0, await ReceiveUntilClosedAsync(victim));
+            await host.Victim.SendAsync(Encoding.ASCII.GetBytes($"GET /backend HTTP/1.1\r\nHost: x\r\n{marker}: 1\r\n\r\n")).DefaultTimeout();
+            Assert.Equal(0, await ReceiveUntilClosedAsync(host.Victim));
         }
         finally
         {
@@ -143,15 +131,9 @@ public class HandlerFaultTests
             ProactorConnection.TestFaultHook = null;
         }
 
-        Assert.Equal(faultsBefore + 1, dispatchers.Sum(d => d.HandlerFaults));
+        await host.AssertOneFaultReleasedAndServingAsync(freshRequests: 4);
         await WaitUntilAsync(() => logs.Count(CountingLoggerProvider.WorkItemFault) == 1);
         Assert.Equal(0, logs.Count(CountingLoggerProvider.DispatcherFailed));
-        await WaitUntilAsync(() => dispatchers.Sum(d => d.ConnectionCount) == ownersBefore);
-        for (int i = 0; i < 4; i++)
-        {
-            using var fresh = new HttpClient { Timeout = TestTimeouts.Default };
-            Assert.Equal(TransportFactories.ExpectedBackend, await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
-        }
     }
 
     [Theory]
@@ -160,23 +142,10 @@ public class HandlerFaultTests
     {
         // The output read's continuation is a work item the pipe queues with state of its own: the dispatcher
         // cannot see whose it is, so the connection must take its own fault (counted, logged, aborted).
-        await using WebApplication app = await StartAsync(kind);
-        string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-        var endpoint = new Uri(url);
-        using var http = new HttpClient { Timeout = TestTimeouts.Default };
-        Assert.Equal(TransportFactories.ExpectedBackend, await http.GetStringAsync(url + "/backend").DefaultTimeout());
-        ProactorDispatcher[] dispatchers = Dispatchers(app);
-        long faultsBefore = dispatchers.Sum(d => d.HandlerFaults);
-        long ownersBefore = dispatchers.Sum(d => d.ConnectionCount);
-
-        using var victim = new Socket(SocketType.Stream, ProtocolType.Tcp);
-        await victim.ConnectAsync(new IPEndPoint(IPAddress.Loopback, endpoint.Port)).DefaultTimeout();
-        int victimPort = ((IPEndPoint)victim.LocalEndPoint!).Port;
+        await using VictimHost host = await VictimHost.StartAsync(kind);
         ProactorDispatcher.TestHandlerHook = (owner, operation) =>
         {
-            // Both ports: another test's server may have a client on the same ephemeral port.
-            if (operation == OperationKind.Send && owner is ProactorConnection { RemoteEndPoint: IPEndPoint remote, LocalEndPoint: IPEndPoint local } &&
-                remote.Port == victimPort && local.Port == endpoint.Port)
+            if (operation == OperationKind.Send && host.IsVictim(owner))
             {
                 throw new InvalidOperationException("injected output continuation fault");
             }
@@ -184,22 +153,16 @@ public class HandlerFaultTests
 
         try
         {
-            await victim.SendAsync(Encoding.ASCII.GetBytes("GET /backend HTTP/1.1\r\nHost: x\r\n\r\n")).DefaultTimeout();
-            Assert.Equal(0, await ReceiveUntilClosedAsync(victim));
+            await host.Victim.SendAsync(Encoding.ASCII.GetBytes("GET /backend HTTP/1.1\r\nHost: x\r\n\r\n")).DefaultTimeout();
+            Assert.Equal(0, await ReceiveUntilClosedAsync(host.Victim));
         }
         finally
         {
             ProactorDispatcher.TestHandlerHook = null;
         }
 
-        Assert.Equal(faultsBefore + 1, dispatchers.Sum(d => d.HandlerFaults));
         // The aborted connection left the operation table: every operation it had completed, its descriptor closed.
-        await WaitUntilAsync(() => dispatchers.Sum(d => d.ConnectionCount) == ownersBefore);
-        for (int i = 0; i < 8; i++)
-        {
-            using var fresh = new HttpClient { Timeout = TestTimeouts.Default };
-            Assert.Equal(TransportFactories.ExpectedBackend, await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
-        }
+        await host.AssertOneFaultReleasedAndServingAsync(freshRequests: 8);
     }
 
     [Theory]
@@ -209,23 +172,11 @@ public class HandlerFaultTests
         // The input's resume after back-pressure is a continuation the pipe runs with state of its own (the lent
         // input's with buffer rings, the copied input's flush on the basic tier): as for the output's, the
         // connection must take its own fault. The handler waits before reading, so 4 MiB fill its 1 MiB input.
-        await using WebApplication app = await StartAsync(kind);
-        string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-        var endpoint = new Uri(url);
-        using var http = new HttpClient { Timeout = TestTimeouts.Default };
-        Assert.Equal(TransportFactories.ExpectedBackend, await http.GetStringAsync(url + "/backend").DefaultTimeout());
-        ProactorDispatcher[] dispatchers = Dispatchers(app);
-        long faultsBefore = dispatchers.Sum(d => d.HandlerFaults);
-        long ownersBefore = dispatchers.Sum(d => d.ConnectionCount);
-
-        using var victim = new Socket(SocketType.Stream, ProtocolType.Tcp);
-        await victim.ConnectAsync(new IPEndPoint(IPAddress.Loopback, endpoint.Port)).DefaultTimeout();
-        int victimPort = ((IPEndPoint)victim.LocalEndPoint!).Port;
+        await using VictimHost host = await VictimHost.StartAsync(kind);
         int resumes = 0;
         ProactorConnection.TestInputResumeHook = connection =>
         {
-            if (connection is { RemoteEndPoint: IPEndPoint remote, LocalEndPoint: IPEndPoint local } &&
-                remote.Port == victimPort && local.Port == endpoint.Port)
+            if (host.IsVictim(connection))
             {
                 Interlocked.Increment(ref resumes);
                 throw new InvalidOperationException("injected input resume fault");
@@ -239,15 +190,15 @@ public class HandlerFaultTests
             {
                 try
                 {
-                    await victim.SendAsync(Encoding.ASCII.GetBytes($"POST /drain HTTP/1.1\r\nHost: x\r\nContent-Length: {BodyLength}\r\n\r\n"));
-                    await victim.SendAsync(new byte[BodyLength]);
+                    await host.Victim.SendAsync(Encoding.ASCII.GetBytes($"POST /drain HTTP/1.1\r\nHost: x\r\nContent-Length: {BodyLength}\r\n\r\n"));
+                    await host.Victim.SendAsync(new byte[BodyLength]);
                 }
                 catch (SocketException)
                 {
                     // The abort's reset cut the upload.
                 }
             });
-            await ReceiveUntilClosedAsync(victim);
+            await ReceiveUntilClosedAsync(host.Victim);
             await upload.DefaultTimeout();
         }
         finally
@@ -256,13 +207,7 @@ public class HandlerFaultTests
         }
 
         Assert.Equal(1, Volatile.Read(ref resumes));
-        Assert.Equal(faultsBefore + 1, dispatchers.Sum(d => d.HandlerFaults));
-        await WaitUntilAsync(() => dispatchers.Sum(d => d.ConnectionCount) == ownersBefore);
-        for (int i = 0; i < 4; i++)
-        {
-            using var fresh = new HttpClient { Timeout = TestTimeouts.Default };
-            Assert.Equal(TransportFactories.ExpectedBackend, await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
-        }
+        await host.AssertOneFaultReleasedAndServingAsync(freshRequests: 4);
     }
 
     [Theory]
@@ -272,23 +217,11 @@ public class HandlerFaultTests
         OperationKind operation = Enum.Parse<OperationKind>(operationName);
         // The hook throws before the handler has marked its operation over (the worst place for a bug): the fault
         // path must still count the operation as ended, or the close waits for it for ever.
-        await using WebApplication app = await StartAsync(kind);
-        string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-        int port = new Uri(url).Port;
-        using var http = new HttpClient { Timeout = TestTimeouts.Default };
-        Assert.Equal(TransportFactories.ExpectedBackend, await http.GetStringAsync(url + "/backend").DefaultTimeout());
-        ProactorDispatcher[] dispatchers = Dispatchers(app);
-        long faultsBefore = dispatchers.Sum(d => d.HandlerFaults);
-        long ownersBefore = dispatchers.Sum(d => d.ConnectionCount);
-
-        using var victim = new Socket(SocketType.Stream, ProtocolType.Tcp);
-        await victim.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port)).DefaultTimeout();
-        int victimPort = ((IPEndPoint)victim.LocalEndPoint!).Port;
+        await using VictimHost host = await VictimHost.StartAsync(kind);
         int fired = 0;
         ProactorDispatcher.TestHandlerHook = (owner, completed) =>
         {
-            if (completed == operation && owner is ProactorConnection { RemoteEndPoint: IPEndPoint remote, LocalEndPoint: IPEndPoint local } &&
-                remote.Port == victimPort && local.Port == port && Interlocked.Exchange(ref fired, 1) == 0)
+            if (completed == operation && host.IsVictim(owner) && Interlocked.Exchange(ref fired, 1) == 0)
             {
                 throw new InvalidOperationException($"injected {completed} handler fault");
             }
@@ -297,10 +230,10 @@ public class HandlerFaultTests
         try
         {
             // Connection: close makes the server end its side: shutdown (FIN), then close.
-            await victim.SendAsync(Encoding.ASCII.GetBytes("GET /backend HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).DefaultTimeout();
-            await ReceiveUntilClosedAsync(victim);
+            await host.Victim.SendAsync(Encoding.ASCII.GetBytes("GET /backend HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).DefaultTimeout();
+            await ReceiveUntilClosedAsync(host.Victim);
             // The connection left the operation table: every operation completed and its close finished.
-            await WaitUntilAsync(() => dispatchers.Sum(d => d.ConnectionCount) == ownersBefore);
+            await WaitUntilAsync(() => host.Dispatchers.Sum(d => d.ConnectionCount) == host.OwnersBefore);
         }
         finally
         {
@@ -308,9 +241,7 @@ public class HandlerFaultTests
         }
 
         Assert.Equal(1, fired);
-        Assert.Equal(faultsBefore + 1, dispatchers.Sum(d => d.HandlerFaults));
-        using var fresh = new HttpClient { Timeout = TestTimeouts.Default };
-        Assert.Equal(TransportFactories.ExpectedBackend, await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
+        await host.AssertOneFaultReleasedAndServingAsync(freshRequests: 1);
     }
 
     [Theory]
@@ -724,6 +655,88 @@ public class HandlerFaultTests
         catch (SocketException ex) when (ex.SocketErrorCode == SocketError.ConnectionReset)
         {
             return total;
+        }
+    }
+
+    /// <summary>
+    /// A started host, its dispatchers' fault and owner counts once a first request has been served, and one raw
+    /// client connected to it: the connection a test injects its fault into.
+    /// </summary>
+    private sealed class VictimHost : IAsyncDisposable
+    {
+        private readonly WebApplication _app;
+        private readonly HttpClient _firstClient;
+        private readonly string _url;
+        private readonly int _port;
+        private int _victimPort;
+
+        private VictimHost(WebApplication app, string url, Socket victim, HttpClient firstClient)
+        {
+            _app = app;
+            _firstClient = firstClient;
+            _url = url;
+            _port = new Uri(url).Port;
+            Dispatchers = HandlerFaultTests.Dispatchers(app);
+            FaultsBefore = Dispatchers.Sum(d => d.HandlerFaults);
+            OwnersBefore = Dispatchers.Sum(d => d.ConnectionCount);
+            Victim = victim;
+        }
+
+        public ProactorDispatcher[] Dispatchers { get; }
+
+        public long FaultsBefore { get; }
+
+        public long OwnersBefore { get; }
+
+        public Socket Victim { get; }
+
+        public static async Task<VictimHost> StartAsync(TransportKind kind = TransportKind.Proactor, CountingLoggerProvider? logs = null)
+        {
+            WebApplication app = await HandlerFaultTests.StartAsync(kind, logs);
+            var victim = new Socket(SocketType.Stream, ProtocolType.Tcp);
+            var http = new HttpClient { Timeout = TestTimeouts.Default };
+            try
+            {
+                string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+                Assert.Equal(TransportFactories.ExpectedBackend, await http.GetStringAsync(url + "/backend").DefaultTimeout());
+                // Counted before the victim connects, so its connection is not among the owners; the first client's
+                // keep-alive connection is, and stays open until the host is disposed.
+                var host = new VictimHost(app, url, victim, http);
+                await victim.ConnectAsync(new IPEndPoint(IPAddress.Loopback, host._port)).DefaultTimeout();
+                host._victimPort = ((IPEndPoint)victim.LocalEndPoint!).Port;
+                return host;
+            }
+            catch
+            {
+                victim.Dispose();
+                http.Dispose();
+                await app.DisposeAsync();
+                throw;
+            }
+        }
+
+        /// <summary>Both ports: another test's server may have a client on the same ephemeral port.</summary>
+        public bool IsVictim(IOperationOwner owner)
+            => owner is ProactorConnection { RemoteEndPoint: IPEndPoint remote, LocalEndPoint: IPEndPoint local } &&
+               remote.Port == _victimPort && local.Port == _port;
+
+        /// <summary>The fault was counted once, the victim's connection left the operation table, and fresh connections are served.</summary>
+        public async Task AssertOneFaultReleasedAndServingAsync(int freshRequests)
+        {
+            Assert.Equal(FaultsBefore + 1, Dispatchers.Sum(d => d.HandlerFaults));
+            await WaitUntilAsync(() => Dispatchers.Sum(d => d.ConnectionCount) == OwnersBefore);
+            for (int i = 0; i < freshRequests; i++)
+            {
+                using var fresh = new HttpClient { Timeout = TestTimeouts.Default };
+                Assert.Equal(TransportFactories.ExpectedBackend, await fresh.GetStringAsync(_url + "/backend").DefaultTimeout());
+            }
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            Victim.Dispose();
+            _firstClient.Dispose();
+            await _app.DisposeAsync();
         }
     }
 
