@@ -37,7 +37,7 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     private long _openConnections;
     private volatile bool _stopRequested;
     private readonly Queue<(ProactorConnection Connection, int Deferral, long Due)> _deferredOutputReads = new();
-    private long _outputCoalescingTicks = -1;
+    private long _outputCoalescingTicks;
 
     protected ProactorDispatcher(int id, ProactorBackendContext context)
     {
@@ -170,6 +170,11 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
         try
         {
             Initialize();
+            // Known once the backend is set up: whether its waits can be shorter than a millisecond.
+            TimeSpan delay = Options.OutputCoalescingDelay;
+            _outputCoalescingTicks = SupportsShortWaits && delay > TimeSpan.Zero
+                ? Math.Max(1, (long)(delay.TotalSeconds * Stopwatch.Frequency))
+                : 0;
         }
         catch (Exception ex)
         {
@@ -334,21 +339,7 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     /// <see cref="ProactorTransportOptions.OutputCoalescingDelay"/> (see <see cref="DeferOutputRead"/>): the option
     /// is on, the backend has short waits, and the dispatcher is not stopping.
     /// </summary>
-    public bool DefersOutputReads
-    {
-        get
-        {
-            if (_outputCoalescingTicks < 0)
-            {
-                TimeSpan delay = Options.OutputCoalescingDelay;
-                _outputCoalescingTicks = SupportsShortWaits && delay > TimeSpan.Zero
-                    ? Math.Max(1, (long)(delay.TotalSeconds * Stopwatch.Frequency))
-                    : 0;
-            }
-
-            return _outputCoalescingTicks != 0 && !_stopRequested;
-        }
-    }
+    public bool DefersOutputReads => _outputCoalescingTicks != 0 && !_stopRequested;
 
     /// <summary>
     /// Calls <see cref="ProactorConnection.ResumeDeferredOutputRead"/> once the delay is over, so the flushes the
