@@ -132,8 +132,7 @@ public class HandlerFaultTests
         }
 
         await host.AssertOneFaultReleasedAndServingAsync(freshRequests: 4);
-        await WaitUntilAsync(() => logs.Count(CountingLoggerProvider.WorkItemFault) == 1);
-        Assert.Equal(0, logs.Count(CountingLoggerProvider.DispatcherFailed));
+        await AssertSecondThrowLoggedAsync(logs);
     }
 
     [Theory]
@@ -310,8 +309,7 @@ public class HandlerFaultTests
 
             Assert.Equal(faultsBefore + 1, dispatchers.Sum(d => d.HandlerFaults));
             // The dispatcher logged the second throw and went on; the armed multishot accept still accepts.
-            await WaitUntilAsync(() => logs.Count(CountingLoggerProvider.WorkItemFault) == 1);
-            Assert.Equal(0, logs.Count(CountingLoggerProvider.DispatcherFailed));
+            await AssertSecondThrowLoggedAsync(logs);
             for (int i = 0; i < 8; i++)
             {
                 using var fresh = new HttpClient { Timeout = TestTimeouts.Default };
@@ -342,8 +340,7 @@ public class HandlerFaultTests
             await FaultAcceptAndItsListenersFaultHandlingAsync(new Uri(url).Port);
 
             Assert.Equal(faultsBefore + 1, dispatchers.Sum(d => d.HandlerFaults));
-            await WaitUntilAsync(() => logs.Count(CountingLoggerProvider.WorkItemFault) == 1);
-            Assert.Equal(0, logs.Count(CountingLoggerProvider.DispatcherFailed));
+            await AssertSecondThrowLoggedAsync(logs);
         }
         finally
         {
@@ -633,6 +630,13 @@ public class HandlerFaultTests
         {
             await Task.Delay(20, deadline.Token);
         }
+    }
+
+    /// <summary>A throw in an owner's own fault handling was logged once (event 4), and the dispatcher lived on.</summary>
+    private static async Task AssertSecondThrowLoggedAsync(CountingLoggerProvider logs)
+    {
+        await WaitUntilAsync(() => logs.Count(CountingLoggerProvider.WorkItemFault) == 1);
+        Assert.Equal(0, logs.Count(CountingLoggerProvider.DispatcherFailed));
     }
 
     private static async Task<int> ReceiveUntilClosedAsync(Socket socket)
