@@ -71,8 +71,23 @@ internal sealed partial class ProactorConnection : IFeatureCollection
         }
     }
 
+    // Kestrel asks every request's collection for features it does not hold itself, and the misses fall through to
+    // this one: whether a type is this connection's own is worked out once per type, not searched for each time.
     TFeature? IFeatureCollection.Get<TFeature>() where TFeature : default
-        => (TFeature?)((IFeatureCollection)this)[typeof(TFeature)];
+    {
+        if (_setFeatures is { } set)
+        {
+            foreach (KeyValuePair<Type, object?> entry in set)
+            {
+                if (entry.Key == typeof(TFeature))
+                {
+                    return (TFeature?)entry.Value;
+                }
+            }
+        }
+
+        return OwnFeature<TFeature>.IsOwn ? (TFeature)(object)this : default;
+    }
 
     void IFeatureCollection.Set<TFeature>(TFeature? instance) where TFeature : default
         => ((IFeatureCollection)this)[typeof(TFeature)] = instance;
@@ -102,6 +117,11 @@ internal sealed partial class ProactorConnection : IFeatureCollection
     IEnumerator IEnumerable.GetEnumerator() => ((IEnumerable<KeyValuePair<Type, object>>)this).GetEnumerator();
 
     private static bool IsOwnFeature(Type key) => Array.IndexOf(s_ownFeatures, key) >= 0;
+
+    private static class OwnFeature<TFeature>
+    {
+        public static readonly bool IsOwn = IsOwnFeature(typeof(TFeature));
+    }
 
     private bool IsSetFeature(Type key)
     {
