@@ -30,6 +30,8 @@ if (arguments.Transport == "proactor")
 {
     builder.WebHost.UseProactorTransport(options =>
     {
+        // Kestrel__Proactor__* environment variables (and appsettings) set any other option for an experiment.
+        builder.Configuration.GetSection(ProactorTransportOptions.ConfigurationSectionName).Bind(options);
         options.UnsafePreferInlineScheduling = arguments.Inline;
         if (arguments.Dispatchers is int dispatchers)
         {

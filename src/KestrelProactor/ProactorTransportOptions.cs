@@ -54,8 +54,15 @@ public sealed class ProactorTransportOptions
     /// <summary>
     /// The bytes the application may buffer for sending, per connection, before its flushes wait (resume at half).
     /// </summary>
-    /// <remarks>Defaults to 64 KiB. <c>null</c> or 0 means unbounded.</remarks>
-    public long? MaxWriteBufferSize { get; set; } = 64 * 1024;
+    /// <remarks>
+    /// Defaults to 1 MiB, as <see cref="MaxReadBufferSize"/> (the socket transport's default is 64 KiB). The sends of
+    /// one connection are made by its dispatcher thread, which sleeps when there is nothing to send: a streaming
+    /// response needs room to run ahead of it, or the application and the dispatcher take turns, each waking the
+    /// other for every 32 KiB (a 1 GiB download went from about 0.6x to 1.3-1.7x the socket transport's speed).
+    /// Memory is taken only while output waits; lower it where many slow readers could each pin that much.
+    /// <c>null</c> or 0 means unbounded.
+    /// </remarks>
+    public long? MaxWriteBufferSize { get; set; } = 1024 * 1024;
 
     /// <summary>Whether TCP_NODELAY is set on accepted TCP connections.</summary>
     /// <remarks>Defaults to <c>true</c>.</remarks>

@@ -33,7 +33,7 @@ internal sealed partial class ProactorConnection : ConnectionContext,
     private static long s_lastId;
 
     private readonly IDuplexPipe _transportSide;
-    private const long StreamingSendSizeLimit = 32 * 1024;
+    private const long StreamingSendSizeLimit = 256 * 1024;
     private readonly long _streamingSendSize;
     private readonly ILogger _logger;
     private readonly CancellationTokenSource _connectionClosedSource = new();
@@ -80,7 +80,7 @@ internal sealed partial class ProactorConnection : ConnectionContext,
         var output = new Pipe(new PipeOptions(pool, dispatcher, applicationScheduler, maxWrite, maxWrite / 2, useSynchronizationContext: false));
 
         Output = output.Reader;
-        // Streaming sends are gathered up to half the pause threshold, so the application rarely meets it.
+        // Streaming sends are gathered up to half the pause threshold (at most 256 KiB), so the application rarely meets it.
         _streamingSendSize = maxWrite > 0 ? Math.Min(StreamingSendSizeLimit, Math.Max(1, maxWrite / 2)) : StreamingSendSizeLimit;
         _transportSide = new DuplexPipe(inputReader, new ProactorOutputWriter(output.Writer, this));
         Transport = _transportSide;
