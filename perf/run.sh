@@ -314,7 +314,8 @@ trap 'echo "run.sh: interrupted" >&2; exit 130' INT TERM
 # ---------------------------------------------------------------- process counters
 # cpu_ticks PID: utime+stime of the whole process (fields 14 and 15, counted after the ")" of the command name).
 cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
-# ctx_switches PID: voluntary + nonvoluntary context switches summed over every thread.
+# ctx_switches PID: voluntary + nonvoluntary context switches summed over the threads alive now. A thread that exits
+# during a run takes its count with it (a round once came out negative), so with perf the count is perf's instead.
 ctx_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches/ { s += $2 } END { print s + 0 }'; }
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status" 2>/dev/null; }
 CLK_TCK="$(getconf CLK_TCK)"
@@ -326,7 +327,7 @@ measured() {
   local t0 c0 t1 c1
   t0=$(cpu_ticks "$SERVER_PID"); c0=$(ctx_switches "$SERVER_PID")
   if [[ $SYSCALL_COUNTER -eq 1 ]]; then
-    perf stat -e raw_syscalls:sys_enter -p "$SERVER_PID" -x, -o "$outfile.perf" -- "$@" >"$outfile" 2>&1
+    perf stat -e raw_syscalls:sys_enter,context-switches -p "$SERVER_PID" -x, -o "$outfile.perf" -- "$@" >"$outfile" 2>&1
   else
     "$@" >"$outfile" 2>&1
   fi
@@ -337,6 +338,10 @@ measured() {
   M_SYSCALLS=""
   if [[ $SYSCALL_COUNTER -eq 1 ]]; then
     M_SYSCALLS="$(awk -F, '/raw_syscalls:sys_enter/ { if ($1 ~ /^[0-9]+$/) print $1 }' "$outfile.perf")"
+    # perf follows threads that start or exit during the run; the /proc sum above cannot.
+    local perf_ctx
+    perf_ctx="$(awk -F, '/context-switches/ { if ($1 ~ /^[0-9]+$/) print $1 }' "$outfile.perf")"
+    [[ -n "$perf_ctx" ]] && M_CTX=$perf_ctx
   fi
   return $status
 }
