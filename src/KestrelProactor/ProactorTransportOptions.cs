@@ -88,6 +88,25 @@ public sealed class ProactorTransportOptions
     public bool AllowSocketTransportFallback { get; set; } = true;
 
     /// <summary>
+    /// Gives each io_uring dispatcher a kernel thread that polls its submission queue
+    /// (<c>IORING_SETUP_SQPOLL</c>): operations reach the kernel without an <c>io_uring_enter</c> while that thread
+    /// is awake, and the dispatcher enters only to wait for completions or to wake the thread. The thread spins on
+    /// a core of its own for <see cref="SubmissionQueuePollingIdle"/> after the last submission, so it pays only
+    /// where cores are spare; on a machine whose cores the application needs it costs throughput. A kernel that
+    /// refuses it (or the incompatible <c>DEFER_TASKRUN</c>) leaves the ring without it, named in the backend's
+    /// refused features. io_uring only.
+    /// </summary>
+    /// <remarks>Defaults to <c>false</c>.</remarks>
+    public bool SubmissionQueuePolling { get; set; }
+
+    /// <summary>
+    /// How long the submission-polling thread (<see cref="SubmissionQueuePolling"/>) spins with nothing to submit
+    /// before it sleeps; the next submission after that wakes it with a system call.
+    /// </summary>
+    /// <remarks>Defaults to 10 milliseconds. Allowed: 1 millisecond to 10 seconds, in whole milliseconds.</remarks>
+    public TimeSpan SubmissionQueuePollingIdle { get; set; } = TimeSpan.FromMilliseconds(10);
+
+    /// <summary>
     /// Disables multishot accept and multishot receive even where the kernel has them (single-shot operations
     /// are re-armed after each completion instead). For testing the older-kernel tier.
     /// </summary>

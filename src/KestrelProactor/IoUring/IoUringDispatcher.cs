@@ -114,16 +114,29 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
         ProactorTransportOptions options = Options;
         uint sqEntries = (uint)options.SubmissionQueueSize;
         uint cqEntries = options.CompletionQueueSize != 0 ? (uint)options.CompletionQueueSize : Math.Max(sqEntries * 16, 4096);
-        _ring = IoUringRing.Create(
-            sqEntries,
-            cqEntries,
-            [
-                // Dropped in this order when the kernel says EINVAL: newest first.
-                IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
-                IORING_SETUP_TASKRUN_FLAG,
-                IORING_SETUP_SUBMIT_ALL,
-            ],
-            RefusedFeatures);
+        _ring = options.SubmissionQueuePolling
+            ? IoUringRing.Create(
+                sqEntries,
+                cqEntries,
+                [
+                    // The polling thread runs the ring's kernel work itself, so DEFER_TASKRUN (which the kernel refuses
+                    // with SQPOLL) is not asked for; with SINGLE_ISSUER the polling thread is the one issuer.
+                    IORING_SETUP_SINGLE_ISSUER,
+                    IORING_SETUP_SUBMIT_ALL,
+                    IORING_SETUP_SQPOLL,
+                ],
+                RefusedFeatures,
+                (uint)options.SubmissionQueuePollingIdle.TotalMilliseconds)
+            : IoUringRing.Create(
+                sqEntries,
+                cqEntries,
+                [
+                    // Dropped in this order when the kernel says EINVAL: newest first.
+                    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+                    IORING_SETUP_TASKRUN_FLAG,
+                    IORING_SETUP_SUBMIT_ALL,
+                ],
+                RefusedFeatures);
         try
         {
             InitializeRing(options);
@@ -160,6 +173,15 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
         if ((ring.Flags & IORING_SETUP_TASKRUN_FLAG) != 0)
         {
             FeaturesInUse.Add("TASKRUN_FLAG");
+        }
+
+        if (ring.PollsSubmissions)
+        {
+            FeaturesInUse.Add($"SQPOLL(idle={(int)options.SubmissionQueuePollingIdle.TotalMilliseconds}ms)");
+        }
+        else if ((ring.Flags & IORING_SETUP_SINGLE_ISSUER) != 0 && (ring.Flags & IORING_SETUP_DEFER_TASKRUN) == 0)
+        {
+            FeaturesInUse.Add("SINGLE_ISSUER");
         }
 
         if ((ring.Flags & IORING_SETUP_SUBMIT_ALL) != 0)
@@ -245,8 +267,13 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
             _bufferRing.Publish();
         }
 
-        // With nothing to submit, nothing to wait for and no deferred kernel work, skip the system call.
-        if (wait || ring.PendingSubmissions != 0 || ring.NeedsEnter || ring.ReadyCompletions == 0)
+        // With nothing to submit, nothing to wait for and no deferred kernel work, skip the system call. Without a
+        // polling thread, an empty CQ also takes an enter: deferred completions are only posted by one. With it,
+        // submissions need an enter only to wake it, and completions arrive without one.
+        bool enter = ring.PollsSubmissions
+            ? wait || ring.NeedsEnter || ring.SubmissionsNeedEnter
+            : wait || ring.PendingSubmissions != 0 || ring.NeedsEnter || ring.ReadyCompletions == 0;
+        if (enter)
         {
             uint pending = ring.PendingSubmissions;
             int result = ring.SubmitAndWait(wait && ring.ReadyCompletions == 0 ? 1u : 0u, waitNanoseconds);

@@ -13,6 +13,9 @@ namespace KestrelProactor.IoUring;
 /// acquire load and advances the head as it consumes entries.</item>
 /// <item>CQ: the kernel writes CQEs, then publishes the tail with a release store; we read the tail with an
 /// acquire load, read the CQEs, then publish the head with a release store so the kernel may reuse them.</item>
+/// <item>With <c>IORING_SETUP_SQPOLL</c> the kernel side of the SQ is a polling thread that runs beside ours: it may
+/// set <c>IORING_SQ_NEED_WAKEUP</c> and sleep at any moment, so the tail is published and then, after a full
+/// fence, the flag is read; a set flag means the next enter carries <c>IORING_ENTER_SQ_WAKEUP</c>.</item>
 /// </list>
 /// </summary>
 internal sealed unsafe class IoUringRing : IDisposable
@@ -86,6 +89,35 @@ internal sealed unsafe class IoUringRing : IDisposable
 
     public uint Features { get; }
 
+    /// <summary>Whether a kernel thread polls the SQ (<c>IORING_SETUP_SQPOLL</c>): submitting needs no enter while it is awake.</summary>
+    public bool PollsSubmissions => (Flags & IORING_SETUP_SQPOLL) != 0;
+
+    /// <summary>
+    /// Whether the SQEs filled so far need an <c>io_uring_enter</c> to reach the kernel: always when there are
+    /// some, unless a polling thread is awake to take them. Publishes them first, so a polling thread can.
+    /// </summary>
+    public bool SubmissionsNeedEnter
+    {
+        get
+        {
+            if (PendingSubmissions == 0)
+            {
+                return false;
+            }
+
+            if (!PollsSubmissions)
+            {
+                return true;
+            }
+
+            Publish();
+            // Full fence: the tail store must be visible before the flag is read, or the thread could go to sleep
+            // between the two without seeing these entries and without this side seeing it asleep.
+            Interlocked.MemoryBarrier();
+            return (Volatile.Read(ref *_sqFlags) & IORING_SQ_NEED_WAKEUP) != 0;
+        }
+    }
+
     /// <summary>Whether a wait can carry its own timeout (<c>IORING_FEAT_EXT_ARG</c>, 5.11+).</summary>
     public bool SupportsTimedWait => (Features & IORING_FEAT_EXT_ARG) != 0;
 
@@ -120,7 +152,7 @@ internal sealed unsafe class IoUringRing : IDisposable
     /// Creates a ring, asking for the preferred setup flags and dropping, one at a time, those the kernel
     /// refuses with EINVAL. <paramref name="refused"/> collects what was dropped.
     /// </summary>
-    public static IoUringRing Create(uint sqEntries, uint cqEntries, uint[] optionalFlagsInDropOrder, List<string> refused)
+    public static IoUringRing Create(uint sqEntries, uint cqEntries, uint[] optionalFlagsInDropOrder, List<string> refused, uint sqThreadIdleMilliseconds = 0)
     {
         uint flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
         foreach (uint flag in optionalFlagsInDropOrder)
@@ -134,6 +166,7 @@ internal sealed unsafe class IoUringRing : IDisposable
             io_uring_params p = default;
             p.flags = flags;
             p.cq_entries = cqEntries;
+            p.sq_thread_idle = sqThreadIdleMilliseconds;
             int fd = Setup(sqEntries, &p);
             if (fd >= 0)
             {
@@ -173,6 +206,7 @@ internal sealed unsafe class IoUringRing : IDisposable
     public static string SetupFlagName(uint flag) => flag switch
     {
         IORING_SETUP_SINGLE_ISSUER => "SINGLE_ISSUER",
+        IORING_SETUP_SQPOLL => "SQPOLL",
         IORING_SETUP_DEFER_TASKRUN => "DEFER_TASKRUN",
         IORING_SETUP_COOP_TASKRUN => "COOP_TASKRUN",
         IORING_SETUP_TASKRUN_FLAG => "TASKRUN_FLAG",
@@ -221,6 +255,21 @@ internal sealed unsafe class IoUringRing : IDisposable
         Publish();
         uint toSubmit = PendingSubmissions;
         uint flags = _enterFlags | IORING_ENTER_GETEVENTS;
+        if (PollsSubmissions)
+        {
+            // The polling thread submits; the enter only wakes it when it sleeps, or waits for it to make room.
+            Interlocked.MemoryBarrier();
+            if ((Volatile.Read(ref *_sqFlags) & IORING_SQ_NEED_WAKEUP) != 0)
+            {
+                flags |= IORING_ENTER_SQ_WAKEUP;
+            }
+
+            if (toSubmit >= SqEntries)
+            {
+                flags |= IORING_ENTER_SQ_WAIT;
+            }
+        }
+
         kernel_timespec timeout = default;
         io_uring_getevents_arg arg = default;
         bool timed = minComplete != 0 && timeoutNanoseconds >= 0;

@@ -62,6 +62,8 @@ public sealed class ConfigurationBindingTests
             "--Kestrel:Proactor:MaxReadBufferSize=65536",
             "--Kestrel:Proactor:MaxWriteBufferSize=",
             "--Kestrel:Proactor:OutputCoalescingDelay=00:00:00.0002",
+            "--Kestrel:Proactor:SubmissionQueuePolling=true",
+            "--Kestrel:Proactor:SubmissionQueuePollingIdle=00:00:00.005",
             "--Kestrel:Proactor:AllowSocketTransportFallback=false");
         builder.WebHost.UseProactorTransport(builder.Configuration.GetSection(ProactorTransportOptions.ConfigurationSectionName));
         await using WebApplication app = builder.Build();
@@ -77,6 +79,8 @@ public sealed class ConfigurationBindingTests
         Assert.Equal(65536, options.MaxReadBufferSize);
         Assert.Null(options.MaxWriteBufferSize);
         Assert.Equal(TimeSpan.FromMicroseconds(200), options.OutputCoalescingDelay);
+        Assert.True(options.SubmissionQueuePolling);
+        Assert.Equal(TimeSpan.FromMilliseconds(5), options.SubmissionQueuePollingIdle);
         Assert.False(options.AllowSocketTransportFallback);
         Assert.Equal(OperatingSystem.IsLinux() ? "io_uring" : "sockets", backend);
     }
@@ -90,6 +94,8 @@ public sealed class ConfigurationBindingTests
     [InlineData("MaxReadBufferSize", "-1", "ProactorTransportOptions.MaxReadBufferSize is -1; allowed: null, 0 (unbounded) or a positive number of bytes.")]
     [InlineData("Backlog", "0", "ProactorTransportOptions.Backlog is 0; allowed: 1 or more.")]
     [InlineData("OutputCoalescingDelay", "00:00:00.01", "ProactorTransportOptions.OutputCoalescingDelay is 00:00:00.0100000; allowed: 0 (off) to 1 millisecond.")]
+    [InlineData("SubmissionQueuePollingIdle", "00:00:00.0005", "ProactorTransportOptions.SubmissionQueuePollingIdle is 00:00:00.0005000; allowed: 1 millisecond to 10 seconds, in whole milliseconds.")]
+    [InlineData("SubmissionQueuePollingIdle", "00:00:11", "ProactorTransportOptions.SubmissionQueuePollingIdle is 00:00:11; allowed: 1 millisecond to 10 seconds, in whole milliseconds.")]
     public async Task Start_WithOptionOutOfRange_FailsNamingOptionAndAllowedValues(string option, string value, string expected)
     {
         WebApplicationBuilder builder = CreateBuilder($"--Kestrel:Proactor:{option}={value}");

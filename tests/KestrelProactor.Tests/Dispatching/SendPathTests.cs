@@ -116,10 +116,18 @@ public class SendPathTests
         connection.ConnectionClosed.Register(() => closed.TrySetResult());
         Task<byte[]> received = ReceiveUntilEndAsync(client);
 
-        // Act: stream until some reads have been held back, then abort mid-stream.
+        // Act: stream until some reads have been held back, then abort mid-stream. The writes are paced (50 µs of
+        // work each) as a handler's would be: written in one burst, they can outrun the sends, and a send's worth
+        // already waiting is sent at once rather than held back.
         long deferredBefore = dispatcher.OutputReadsDeferred;
         for (int i = 0; i < 4096 && dispatcher.OutputReadsDeferred < deferredBefore + 4; i++)
         {
+            long workUntil = Stopwatch.GetTimestamp() + Stopwatch.Frequency / 20_000;
+            while (Stopwatch.GetTimestamp() < workUntil)
+            {
+                Thread.SpinWait(10);
+            }
+
             await connection.Transport.Output.WriteAsync(chunk).AsTask().DefaultTimeout();
         }
 

@@ -17,6 +17,7 @@ internal static unsafe partial class Interop
         public const long SysIoUringRegister = 427;
 
         // Setup flags.
+        public const uint IORING_SETUP_SQPOLL = 1u << 1;
         public const uint IORING_SETUP_CQSIZE = 1u << 3;
         public const uint IORING_SETUP_CLAMP = 1u << 4;
         public const uint IORING_SETUP_SUBMIT_ALL = 1u << 7;
@@ -34,10 +35,13 @@ internal static unsafe partial class Interop
 
         // Enter flags.
         public const uint IORING_ENTER_GETEVENTS = 1u << 0;
+        public const uint IORING_ENTER_SQ_WAKEUP = 1u << 1;
+        public const uint IORING_ENTER_SQ_WAIT = 1u << 2;
         public const uint IORING_ENTER_EXT_ARG = 1u << 3;
         public const uint IORING_ENTER_REGISTERED_RING = 1u << 4;
 
         // SQ ring flags (kernel-written).
+        public const uint IORING_SQ_NEED_WAKEUP = 1u << 0;
         public const uint IORING_SQ_CQ_OVERFLOW = 1u << 1;
         public const uint IORING_SQ_TASKRUN = 1u << 2;
 
