@@ -93,8 +93,8 @@ public sealed class ProactorTransportOptions
     /// is awake, and the dispatcher enters only to wait for completions or to wake the thread. The thread spins on
     /// a core of its own for <see cref="SubmissionQueuePollingIdle"/> after the last submission, so it pays only
     /// where cores are spare; on a machine whose cores the application needs it costs throughput. A kernel that
-    /// refuses it (or the incompatible <c>DEFER_TASKRUN</c>) leaves the ring without it, named in the backend's
-    /// refused features. io_uring only.
+    /// refuses it gets the usual ring (with <c>DEFER_TASKRUN</c>, which the kernel does not allow beside it), and
+    /// <c>SQPOLL</c> is named in the backend's refused features. io_uring only.
     /// </summary>
     /// <remarks>Defaults to <c>false</c>.</remarks>
     public bool SubmissionQueuePolling { get; set; }

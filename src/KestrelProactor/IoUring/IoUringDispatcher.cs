@@ -106,6 +106,9 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
     /// <summary>Passes that found completions held back by the kernel because the CQ was full (delivered on the next enter).</summary>
     public long CompletionQueueBacklogs { get; private set; }
 
+    /// <summary>Enters that woke this ring's sleeping submission-polling thread (counted for tests).</summary>
+    public long SubmissionThreadWakeups => _ring?.SubmissionThreadWakeups ?? 0;
+
     /// <summary>Completions for owners that no longer exist (should stay 0; counted for tests).</summary>
     public long StaleCompletions { get; private set; }
 
@@ -114,29 +117,49 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
         ProactorTransportOptions options = Options;
         uint sqEntries = (uint)options.SubmissionQueueSize;
         uint cqEntries = options.CompletionQueueSize != 0 ? (uint)options.CompletionQueueSize : Math.Max(sqEntries * 16, 4096);
-        _ring = options.SubmissionQueuePolling
-            ? IoUringRing.Create(
-                sqEntries,
-                cqEntries,
-                [
-                    // The polling thread runs the ring's kernel work itself, so DEFER_TASKRUN (which the kernel refuses
-                    // with SQPOLL) is not asked for; with SINGLE_ISSUER the polling thread is the one issuer.
-                    IORING_SETUP_SINGLE_ISSUER,
-                    IORING_SETUP_SUBMIT_ALL,
-                    IORING_SETUP_SQPOLL,
-                ],
-                RefusedFeatures,
-                (uint)options.SubmissionQueuePollingIdle.TotalMilliseconds)
-            : IoUringRing.Create(
-                sqEntries,
-                cqEntries,
-                [
-                    // Dropped in this order when the kernel says EINVAL: newest first.
-                    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
-                    IORING_SETUP_TASKRUN_FLAG,
-                    IORING_SETUP_SUBMIT_ALL,
-                ],
-                RefusedFeatures);
+        if (options.SubmissionQueuePolling)
+        {
+            // The polling thread runs the ring's kernel work itself, so DEFER_TASKRUN (which the kernel refuses beside
+            // SQPOLL) is not asked for; with SINGLE_ISSUER the polling thread is the one issuer.
+            // Dropped in this order when the kernel says EINVAL, SQPOLL last.
+            var refused = new List<string>();
+            try
+            {
+                _ring = IoUringRing.Create(
+                    sqEntries,
+                    cqEntries,
+                    [IORING_SETUP_SINGLE_ISSUER, IORING_SETUP_SUBMIT_ALL, IORING_SETUP_SQPOLL],
+                    refused,
+                    (uint)options.SubmissionQueuePollingIdle.TotalMilliseconds);
+            }
+            catch (IoUringException)
+            {
+                // Refused for another reason than EINVAL: the usual ring below may still be allowed.
+            }
+
+            if (_ring?.PollsSubmissions == true)
+            {
+                RefusedFeatures.AddRange(refused);
+            }
+            else
+            {
+                // Without the polling thread this ring would also lack DEFER_TASKRUN: make the usual one instead.
+                _ring?.Dispose();
+                _ring = null;
+                RefusedFeatures.Add("SQPOLL");
+            }
+        }
+
+        _ring ??= IoUringRing.Create(
+            sqEntries,
+            cqEntries,
+            [
+                // Dropped in this order when the kernel says EINVAL: newest first.
+                IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+                IORING_SETUP_TASKRUN_FLAG,
+                IORING_SETUP_SUBMIT_ALL,
+            ],
+            RefusedFeatures);
         try
         {
             InitializeRing(options);
@@ -279,7 +302,8 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
             int result = ring.SubmitAndWait(wait && ring.ReadyCompletions == 0 ? 1u : 0u, waitNanoseconds);
             if (result >= 0)
             {
-                if (pending != 0)
+                // With a polling thread the enter submits nothing itself (the kernel echoes the count back).
+                if (pending != 0 && !ring.PollsSubmissions)
                 {
                     Context.Metrics.SubmissionsPerEnter.Record(result);
                 }

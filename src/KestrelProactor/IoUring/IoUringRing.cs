@@ -89,6 +89,9 @@ internal sealed unsafe class IoUringRing : IDisposable
 
     public uint Features { get; }
 
+    /// <summary>Enters that woke a sleeping polling thread (<c>IORING_ENTER_SQ_WAKEUP</c>); counted for tests.</summary>
+    public long SubmissionThreadWakeups { get; private set; }
+
     /// <summary>Whether a kernel thread polls the SQ (<c>IORING_SETUP_SQPOLL</c>): submitting needs no enter while it is awake.</summary>
     public bool PollsSubmissions => (Flags & IORING_SETUP_SQPOLL) != 0;
 
@@ -257,11 +260,13 @@ internal sealed unsafe class IoUringRing : IDisposable
         uint flags = _enterFlags | IORING_ENTER_GETEVENTS;
         if (PollsSubmissions)
         {
-            // The polling thread submits; the enter only wakes it when it sleeps, or waits for it to make room.
+            // The polling thread submits; the enter only wakes it when it sleeps and entries wait for it (woken with
+            // nothing to take, it would spin a whole idle period for nothing), or waits for it to make room.
             Interlocked.MemoryBarrier();
-            if ((Volatile.Read(ref *_sqFlags) & IORING_SQ_NEED_WAKEUP) != 0)
+            if (toSubmit != 0 && (Volatile.Read(ref *_sqFlags) & IORING_SQ_NEED_WAKEUP) != 0)
             {
                 flags |= IORING_ENTER_SQ_WAKEUP;
+                SubmissionThreadWakeups++;
             }
 
             if (toSubmit >= SqEntries)

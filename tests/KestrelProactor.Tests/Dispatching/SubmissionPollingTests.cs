@@ -1,4 +1,7 @@
+using System.IO.Pipelines;
 using System.Net.Sockets;
+using KestrelProactor.Internal;
+using KestrelProactor.IoUring;
 using KestrelProactor.Tests.Contract;
 using KestrelProactor.Tests.EndToEnd;
 using KestrelProactor.Tests.Infrastructure;
@@ -9,17 +12,26 @@ namespace KestrelProactor.Tests.Dispatching;
 /// <summary>
 /// <see cref="ProactorTransportOptions.SubmissionQueuePolling"/>: a kernel thread takes the submissions, so the
 /// dispatcher enters the ring only to wait or to wake that thread. Every path must still deliver every byte,
-/// including the one where the thread has gone to sleep and the next submission has to wake it.
+/// including the one where the thread has gone to sleep and the next submission has to wake it. One dispatcher
+/// and a 1 ms idle time, and run alone: the polling threads spin, and would take CPU from timing-sensitive tests.
 /// </summary>
+[Collection(PollingCollection.Name)]
 public class SubmissionPollingTests
 {
+    private static void Polling(ProactorTransportOptions options)
+    {
+        options.SubmissionQueuePolling = true;
+        options.SubmissionQueuePollingIdle = TimeSpan.FromMilliseconds(1);
+        options.DispatcherCount = 1;
+    }
+
     [Theory]
     [InlineData(TransportKind.Proactor)]
     [InlineData(TransportKind.ProactorInline)]
     public async Task LargeEcho_WithSubmissionPolling_EveryByteArrivesInOrder_OnAPollingRing(TransportKind kind)
     {
         // Arrange
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, configure: o => o.SubmissionQueuePolling = true);
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, configure: Polling);
         var factory = (ProactorTransportFactory)harness.Factory;
         (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
         Task echo = ServerPipes.EchoAsync(connection);
@@ -30,7 +42,7 @@ public class SubmissionPollingTests
         await echo.DefaultTimeout();
 
         // Assert: the rings poll (the kernel's polling threads are this process's), and nothing was lost.
-        Assert.Contains("SQPOLL(idle=10ms)", factory.Backend!.FeatureSummary.Split(", "));
+        Assert.Contains("SQPOLL(idle=1ms)", factory.Backend!.FeatureSummary.Split(", "));
         Assert.Contains(ThreadNames(), name => name.StartsWith("iou-sqp-", StringComparison.Ordinal));
         Assert.Equal(RawClient.Hash(payload), RawClient.Hash(echoed));
     }
@@ -38,20 +50,19 @@ public class SubmissionPollingTests
     [Fact]
     public async Task Exchange_AfterThePollingThreadSlept_IsWokenAndServed()
     {
-        // Arrange: a 1 ms idle time, so the polling thread is asleep after each pause below.
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o =>
-        {
-            o.SubmissionQueuePolling = true;
-            o.SubmissionQueuePollingIdle = TimeSpan.FromMilliseconds(1);
-        });
+        // Arrange: inline scheduling, so the echo below runs on the dispatcher thread. Each completion wakes the
+        // polling thread by itself; what must wake it here is a send submitted 20 ms after the receive that caused
+        // it, when the thread (1 ms idle) has gone back to sleep.
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.ProactorInline, configure: Polling);
         (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
-        Task echo = ServerPipes.EchoAsync(connection);
+        var dispatcher = (IoUringDispatcher)((ProactorConnection)connection).Dispatcher;
+        long wakeupsBefore = dispatcher.SubmissionThreadWakeups;
+        Task echo = SlowEchoAsync(connection, TimeSpan.FromMilliseconds(20));
 
-        // Act: exchanges separated by pauses far longer than the idle time; each needs the sleeping thread woken.
+        // Act
         for (int round = 0; round < 5; round++)
         {
-            await Task.Delay(50, TestContext.Current.CancellationToken);
-            byte[] payload = RawClient.CreatePayload(64 * 1024 + round, seed: 30 + round);
+            byte[] payload = RawClient.CreatePayload(1000 + round, seed: 30 + round);
             Task<byte[]> receive = RawClient.ReceiveExactlyAsync(client, payload.Length);
             await RawClient.SendAllAsync(client, payload).DefaultTimeout();
             byte[] echoed = await receive.DefaultTimeout();
@@ -63,13 +74,42 @@ public class SubmissionPollingTests
         client.Shutdown(SocketShutdown.Send);
         Assert.Empty(await RawClient.ReceiveToEndAsync(client).DefaultTimeout());
         await echo.DefaultTimeout();
+        Assert.True(dispatcher.SubmissionThreadWakeups > wakeupsBefore, "no submission had to wake the polling thread");
+    }
+
+    /// <summary>Echoes what arrives, blocking <paramref name="delay"/> first (on the dispatcher, with inline scheduling).</summary>
+    private static async Task SlowEchoAsync(ConnectionContext connection, TimeSpan delay)
+    {
+        PipeReader input = connection.Transport.Input;
+        PipeWriter output = connection.Transport.Output;
+        while (true)
+        {
+            ReadResult result = await input.ReadAsync();
+            if (!result.Buffer.IsEmpty)
+            {
+                Thread.Sleep(delay);
+                foreach (ReadOnlyMemory<byte> segment in result.Buffer)
+                {
+                    await output.WriteAsync(segment);
+                }
+            }
+
+            input.AdvanceTo(result.Buffer.End);
+            if (result.IsCompleted)
+            {
+                break;
+            }
+        }
+
+        await output.CompleteAsync();
+        await input.CompleteAsync();
     }
 
     [Fact]
     public async Task Http_ManyRequestsAndADownload_WithSubmissionPolling_AreServedInFull()
     {
         // Arrange
-        await using var server = await E2EServer.StartAsync(TransportKind.Proactor, configureProactor: o => o.SubmissionQueuePolling = true);
+        await using var server = await E2EServer.StartAsync(TransportKind.Proactor, configureProactor: Polling);
         using HttpClient http = server.CreateHttpClient();
         var cancellationToken = TestContext.Current.CancellationToken;
         const long Size = 16L * 1024 * 1024;
