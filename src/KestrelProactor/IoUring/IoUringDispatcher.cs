@@ -154,9 +154,10 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
             sqEntries,
             cqEntries,
             [
-                // Dropped in this order when the kernel says EINVAL: newest first.
+                // Dropped in this order when the kernel says EINVAL: newest first. COOP_TASKRUN adds nothing beside
+                // DEFER_TASKRUN, but a 5.19-6.0 kernel, which refuses DEFER_TASKRUN, keeps it.
                 IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
-                IORING_SETUP_TASKRUN_FLAG,
+                IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
                 IORING_SETUP_SUBMIT_ALL,
             ],
             RefusedFeatures);
@@ -195,7 +196,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
 
         if ((ring.Flags & IORING_SETUP_TASKRUN_FLAG) != 0)
         {
-            FeaturesInUse.Add("TASKRUN_FLAG");
+            FeaturesInUse.Add((ring.Flags & IORING_SETUP_COOP_TASKRUN) != 0 ? "COOP_TASKRUN|TASKRUN_FLAG" : "TASKRUN_FLAG");
         }
 
         if (ring.PollsSubmissions)
