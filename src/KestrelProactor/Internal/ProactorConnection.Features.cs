@@ -39,18 +39,7 @@ internal sealed partial class ProactorConnection : IFeatureCollection
         get
         {
             ArgumentNullException.ThrowIfNull(key);
-            if (_setFeatures is { } set)
-            {
-                foreach (KeyValuePair<Type, object?> entry in set)
-                {
-                    if (entry.Key == key)
-                    {
-                        return entry.Value;
-                    }
-                }
-            }
-
-            return IsOwnFeature(key) ? this : null;
+            return TryGetSetFeature(key, out object? value) ? value : IsOwnFeature(key) ? this : null;
         }
 
         set
@@ -74,20 +63,8 @@ internal sealed partial class ProactorConnection : IFeatureCollection
     // Kestrel asks every request's collection for features it does not hold itself, and the misses fall through to
     // this one: whether a type is this connection's own is worked out once per type, not searched for each time.
     TFeature? IFeatureCollection.Get<TFeature>() where TFeature : default
-    {
-        if (_setFeatures is { } set)
-        {
-            foreach (KeyValuePair<Type, object?> entry in set)
-            {
-                if (entry.Key == typeof(TFeature))
-                {
-                    return (TFeature?)entry.Value;
-                }
-            }
-        }
-
-        return OwnFeature<TFeature>.IsOwn ? (TFeature)(object)this : default;
-    }
+        => TryGetSetFeature(typeof(TFeature), out object? value) ? (TFeature?)value
+            : OwnFeature<TFeature>.IsOwn ? (TFeature)(object)this : default;
 
     void IFeatureCollection.Set<TFeature>(TFeature? instance) where TFeature : default
         => ((IFeatureCollection)this)[typeof(TFeature)] = instance;
@@ -107,7 +84,7 @@ internal sealed partial class ProactorConnection : IFeatureCollection
 
         foreach (Type own in s_ownFeatures)
         {
-            if (!IsSetFeature(own))
+            if (!TryGetSetFeature(own, out _))
             {
                 yield return new KeyValuePair<Type, object>(own, this);
             }
@@ -123,7 +100,8 @@ internal sealed partial class ProactorConnection : IFeatureCollection
         public static readonly bool IsOwn = IsOwnFeature(typeof(TFeature));
     }
 
-    private bool IsSetFeature(Type key)
+    /// <summary>The value set from outside (or null for a removed own feature) when <paramref name="key"/> was set.</summary>
+    private bool TryGetSetFeature(Type key, out object? value)
     {
         if (_setFeatures is { } set)
         {
@@ -131,11 +109,13 @@ internal sealed partial class ProactorConnection : IFeatureCollection
             {
                 if (entry.Key == key)
                 {
+                    value = entry.Value;
                     return true;
                 }
             }
         }
 
+        value = null;
         return false;
     }
 }

@@ -203,10 +203,6 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
         {
             FeaturesInUse.Add($"SQPOLL(idle={(int)options.SubmissionQueuePollingIdle.TotalMilliseconds}ms)");
         }
-        else if ((ring.Flags & IORING_SETUP_SINGLE_ISSUER) != 0 && (ring.Flags & IORING_SETUP_DEFER_TASKRUN) == 0)
-        {
-            FeaturesInUse.Add("SINGLE_ISSUER");
-        }
 
         if ((ring.Flags & IORING_SETUP_SUBMIT_ALL) != 0)
         {
@@ -294,10 +290,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
         // With nothing to submit, nothing to wait for and no deferred kernel work, skip the system call. Without a
         // polling thread, an empty CQ also takes an enter: deferred completions are only posted by one. With it,
         // submissions need an enter only to wake it, and completions arrive without one.
-        bool enter = ring.PollsSubmissions
-            ? wait || ring.NeedsEnter || ring.SubmissionsNeedEnter
-            : wait || ring.PendingSubmissions != 0 || ring.NeedsEnter || ring.ReadyCompletions == 0;
-        if (enter)
+        if (wait || ring.NeedsEnter || ring.SubmissionsNeedEnter || (!ring.PollsSubmissions && ring.ReadyCompletions == 0))
         {
             uint pending = ring.PendingSubmissions;
             int result = ring.SubmitAndWait(wait && ring.ReadyCompletions == 0 ? 1u : 0u, waitNanoseconds);

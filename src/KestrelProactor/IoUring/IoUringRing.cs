@@ -108,17 +108,21 @@ internal sealed unsafe class IoUringRing : IDisposable
                 return false;
             }
 
-            if (!PollsSubmissions)
-            {
-                return true;
-            }
-
-            Publish();
-            // Full fence: the tail store must be visible before the flag is read, or the thread could go to sleep
-            // between the two without seeing these entries and without this side seeing it asleep.
-            Interlocked.MemoryBarrier();
-            return (Volatile.Read(ref *_sqFlags) & IORING_SQ_NEED_WAKEUP) != 0;
+            return !PollsSubmissions || PublishAndCheckPollerAsleep();
         }
+    }
+
+    /// <summary>
+    /// Publishes the filled SQEs and tells whether the polling thread is asleep (<c>IORING_SQ_NEED_WAKEUP</c>), so
+    /// an enter must wake it to take them. Full fence between the two: the tail store must be visible before the
+    /// flag is read, or the thread could go to sleep between them without seeing these entries and without this
+    /// side seeing it asleep.
+    /// </summary>
+    private bool PublishAndCheckPollerAsleep()
+    {
+        Publish();
+        Interlocked.MemoryBarrier();
+        return (Volatile.Read(ref *_sqFlags) & IORING_SQ_NEED_WAKEUP) != 0;
     }
 
     /// <summary>Whether a wait can carry its own timeout (<c>IORING_FEAT_EXT_ARG</c>, 5.11+).</summary>
@@ -262,8 +266,7 @@ internal sealed unsafe class IoUringRing : IDisposable
         {
             // The polling thread submits; the enter only wakes it when it sleeps and entries wait for it (woken with
             // nothing to take, it would spin a whole idle period for nothing), or waits for it to make room.
-            Interlocked.MemoryBarrier();
-            if (toSubmit != 0 && (Volatile.Read(ref *_sqFlags) & IORING_SQ_NEED_WAKEUP) != 0)
+            if (toSubmit != 0 && PublishAndCheckPollerAsleep())
             {
                 flags |= IORING_ENTER_SQ_WAKEUP;
                 SubmissionThreadWakeups++;

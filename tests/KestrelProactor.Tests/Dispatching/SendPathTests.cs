@@ -122,12 +122,7 @@ public class SendPathTests
         long deferredBefore = dispatcher.OutputReadsDeferred;
         for (int i = 0; i < 4096 && dispatcher.OutputReadsDeferred < deferredBefore + 4; i++)
         {
-            long workUntil = Stopwatch.GetTimestamp() + Stopwatch.Frequency / 20_000;
-            while (Stopwatch.GetTimestamp() < workUntil)
-            {
-                Thread.SpinWait(10);
-            }
-
+            Work(TimeSpan.FromMicroseconds(50));
             await connection.Transport.Output.WriteAsync(chunk).AsTask().DefaultTimeout();
         }
 
@@ -145,14 +140,19 @@ public class SendPathTests
     {
         for (int offset = 0; offset < payload.Length; offset += ChunkSize)
         {
-            long workUntil = Stopwatch.GetTimestamp() + (long)(workBetweenFlushes.TotalSeconds * Stopwatch.Frequency);
-            while (Stopwatch.GetTimestamp() < workUntil)
-            {
-                Thread.SpinWait(20);
-            }
-
+            Work(workBetweenFlushes);
             FlushResult flush = await output.WriteAsync(payload.AsMemory(offset, Math.Min(ChunkSize, payload.Length - offset))).AsTask().DefaultTimeout();
             Assert.False(flush.IsCompleted || flush.IsCanceled);
+        }
+    }
+
+    /// <summary>Spins for <paramref name="duration"/>, as a handler's work between two writes would take.</summary>
+    private static void Work(TimeSpan duration)
+    {
+        long until = Stopwatch.GetTimestamp() + (long)(duration.TotalSeconds * Stopwatch.Frequency);
+        while (Stopwatch.GetTimestamp() < until)
+        {
+            Thread.SpinWait(20);
         }
     }
 
