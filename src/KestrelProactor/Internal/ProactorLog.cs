@@ -48,4 +48,14 @@ internal static partial class ProactorLog
 
     [LoggerMessage(14, LogLevel.Error, "A ConnectionClosed callback of connection {ConnectionId} threw.", EventName = "ConnectionClosedCallbackFault")]
     public static partial void ConnectionClosedCallbackFault(ILogger logger, string connectionId, Exception exception);
+
+    // The socket transport's receive-side connection events, under the same names, so log filters keep working.
+    [LoggerMessage(15, LogLevel.Debug, "Connection {ConnectionId} received FIN.", EventName = "ConnectionReadFin")]
+    public static partial void ConnectionReadFin(ILogger logger, string connectionId);
+
+    [LoggerMessage(16, LogLevel.Debug, "Connection {ConnectionId} paused: its input holds MaxReadBufferSize bytes the application has not consumed.", EventName = "ConnectionPause")]
+    public static partial void ConnectionPause(ILogger logger, string connectionId);
+
+    [LoggerMessage(17, LogLevel.Debug, "Connection {ConnectionId} resumed receiving.", EventName = "ConnectionResume")]
+    public static partial void ConnectionResume(ILogger logger, string connectionId);
 }
