@@ -66,14 +66,26 @@ internal sealed class ListenerHarness : IAsyncDisposable
         ILoggerFactory? loggerFactory = null)
     {
         IConnectionListenerFactory factory = ContractTransports.Create(kind, configure, memoryPool, loggerFactory);
+        ListenerHarness harness;
         try
         {
             IConnectionListener listener = await factory.BindAsync(endpoint ?? new IPEndPoint(IPAddress.Loopback, 0)).DefaultTimeout();
-            return new ListenerHarness(factory, listener);
+            harness = new ListenerHarness(factory, listener);
         }
         catch
         {
             await DisposeFactoryAsync(factory);
+            throw;
+        }
+
+        try
+        {
+            TransportPresets.AssertInEffect(kind, factory);
+            return harness;
+        }
+        catch
+        {
+            await harness.DisposeAsync();
             throw;
         }
     }

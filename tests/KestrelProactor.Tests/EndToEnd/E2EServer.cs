@@ -226,5 +226,6 @@ public sealed class E2EServer : WebApplicationFactory<E2EServer>
         Assert.True(
             factory.ActiveBackend == TransportFactories.ExpectedBackend,
             $"The proactor factory bound with '{factory.ActiveBackend}' (fallback reason: {factory.FallbackReason}).");
+        TransportPresets.AssertInEffect(Kind, factory);
     }
 }

@@ -1,5 +1,7 @@
 using System.Reflection;
+using System.Text.RegularExpressions;
 using KestrelProactor.Internal;
+using Microsoft.AspNetCore.Connections;
 
 namespace KestrelProactor.Tests.Infrastructure;
 
@@ -62,6 +64,32 @@ internal static class TransportPresets
     public static void SkipUnlessAvailable(TransportKind kind)
         => Assert.SkipWhen(kind == TransportKind.ProactorFinOnError && s_finOnError is null,
             "ProactorTransportOptions.FinOnError is not in this build yet, so the FIN-on-error preset cannot be set up.");
+
+    /// <summary>
+    /// Fails when a bound factory runs without its preset's kernel feature: a kernel that refuses one (SQPOLL,
+    /// SEND_ZC) gets a backend that goes on without it, and every test of that preset would pass as the default.
+    /// Checked in the backend's feature summary (io_uring only; the IOCP kinds have no such preset).
+    /// </summary>
+    public static void AssertInEffect(TransportKind kind, IConnectionListenerFactory factory)
+    {
+        if (!OperatingSystem.IsLinux() || factory is not ProactorTransportFactory { Backend: { } backend })
+        {
+            return;
+        }
+
+        string features = backend.FeatureSummary;
+        (bool inEffect, string what) = kind switch
+        {
+            TransportKind.ProactorSingleShot => (features.Contains("buffer-ring=") && !features.Contains("multishot-"), "a buffer ring without multishot"),
+            TransportKind.ProactorBasicTier => (!features.Contains("buffer-ring=") && !features.Contains("multishot-"), "neither a buffer ring nor multishot"),
+            TransportKind.ProactorOneDispatcher => (backend.Dispatchers.Length == 1, "one dispatcher"),
+            TransportKind.ProactorZeroCopy => (features.Contains($"send-zc>={ZeroCopySendThreshold}"), "zero-copy sends"),
+            TransportKind.ProactorPolling => (features.Contains("SQPOLL("), "a submission-polling thread"),
+            TransportKind.ProactorTinyRings => (Regex.IsMatch(features, @"\bsq=4\b") && features.Contains("buffer-ring=2x"), "4-entry rings with 2 receive buffers"),
+            _ => (true, ""),
+        };
+        Assert.True(inEffect, $"The {kind} preset runs without {what}: {features}");
+    }
 
     private static int SmallestValidZeroCopySendThreshold()
     {
