@@ -15,7 +15,8 @@ internal static class TransportPresets
 
     // ProactorTransportOptions.FinOnError is being added; until this build has it, the preset cannot be set up.
     private static readonly PropertyInfo? s_finOnError =
-        typeof(ProactorTransportOptions).GetProperty("FinOnError", BindingFlags.Public | BindingFlags.Instance) is { PropertyType: var type } property && type == typeof(bool)
+        typeof(ProactorTransportOptions).GetProperty("FinOnError", BindingFlags.Public | BindingFlags.Instance) is { CanWrite: true } property
+        && (property.PropertyType == typeof(bool) || property.PropertyType == typeof(bool?))
             ? property
             : null;
 
