@@ -19,11 +19,11 @@ public sealed class BackPressureTests
     private const int UploadSize = 16 * 1024 * 1024;
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task Input_ServerNotReading_ClientSendStallsThenAllBytesArrive(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task Input_ServerNotReading_ClientSendStallsThenAllBytesArrive(TransportKind kind, TransportEndpoint endpoint)
     {
         // Arrange
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, configure: o => o.MaxReadBufferSize = MaxReadBufferSize);
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, endpoint, configure: o => o.MaxReadBufferSize = MaxReadBufferSize);
         (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
         byte[] upload = RawClient.CreatePayload(UploadSize);
 
@@ -52,13 +52,13 @@ public sealed class BackPressureTests
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task Output_ClientNotReading_FlushStallsThenAllBytesArrive(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task Output_ClientNotReading_FlushStallsThenAllBytesArrive(TransportKind kind, TransportEndpoint endpoint)
     {
         // Arrange
         const int ChunkSize = 16 * 1024;
         const long GiveUpAfter = 64L * 1024 * 1024;
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, configure: o => o.MaxWriteBufferSize = MaxWriteBufferSize);
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, endpoint, configure: o => o.MaxWriteBufferSize = MaxWriteBufferSize);
         (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
         using var sentHash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         long written = 0;

@@ -11,11 +11,11 @@ public sealed class ConcurrencyTests
     private const int PayloadSize = 64 * 1024;
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task AcceptAsync_ManyConcurrentClients_EachEchoIsIntact(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task AcceptAsync_ManyConcurrentClients_EachEchoIsIntact(TransportKind kind, TransportEndpoint endpoint)
     {
         // Arrange
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind);
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, endpoint);
         Task<Task[]> acceptLoop = Task.Run(async () =>
         {
             var echoes = new List<Task>(ClientCount);

@@ -9,10 +9,10 @@ public sealed class ConnectionEchoTests
 {
     [Theory]
     [MemberData(nameof(ContractTransports.KindsAndPayloadSizes), MemberType = typeof(ContractTransports))]
-    public async Task TransportPipes_EchoPayload_ClientReceivesIdenticalBytes(TransportKind kind, int payloadSize)
+    public async Task TransportPipes_EchoPayload_ClientReceivesIdenticalBytes(TransportKind kind, TransportEndpoint endpoint, int payloadSize)
     {
         // Arrange
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind);
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, endpoint);
         (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
         byte[] payload = RawClient.CreatePayload(payloadSize);
         Task echo = ServerPipes.EchoAsync(connection);
@@ -27,11 +27,11 @@ public sealed class ConnectionEchoTests
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task TransportPipes_ManySmallWritesBothWays_ArriveInOrder(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task TransportPipes_ManySmallWritesBothWays_ArriveInOrder(TransportKind kind, TransportEndpoint endpoint)
     {
         // Arrange: a request/response ping-pong, which exercises re-arming receives and sends one message at a time.
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind);
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, endpoint);
         (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
         Task echo = ServerPipes.EchoAsync(connection);
         const int Rounds = 200;

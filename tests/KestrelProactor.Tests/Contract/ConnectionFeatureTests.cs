@@ -11,7 +11,8 @@ namespace KestrelProactor.Tests.Contract;
 public sealed class ConnectionFeatureTests
 {
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
+    // Over TCP only: IP endpoints; a Unix socket's peer is unnamed on both sides.
+    [MemberData(nameof(TransportMatrix.Presets), MemberType = typeof(TransportMatrix))]
     public async Task EndPoints_AcceptedConnection_MatchClientView(TransportKind kind)
     {
         // Arrange
@@ -28,11 +29,11 @@ public sealed class ConnectionFeatureTests
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task ConnectionId_TwoConnections_AreDistinctAndNonEmpty(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task ConnectionId_TwoConnections_AreDistinctAndNonEmpty(TransportKind kind, TransportEndpoint endpoint)
     {
         // Arrange
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind);
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, endpoint);
 
         // Act
         (_, ConnectionContext first) = await harness.ConnectAndAcceptAsync();
@@ -45,11 +46,11 @@ public sealed class ConnectionFeatureTests
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task Features_AcceptedConnection_ExposeMemoryPool(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task Features_AcceptedConnection_ExposeMemoryPool(TransportKind kind, TransportEndpoint endpoint)
     {
         // Arrange
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind);
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, endpoint);
 
         // Act
         (_, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
@@ -61,11 +62,11 @@ public sealed class ConnectionFeatureTests
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task Features_SetArbitraryFeature_GetReturnsIt(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task Features_SetArbitraryFeature_GetReturnsIt(TransportKind kind, TransportEndpoint endpoint)
     {
         // Arrange
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind);
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, endpoint);
         (_, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
         var feature = new ApplicationFeature();
 
@@ -79,11 +80,11 @@ public sealed class ConnectionFeatureTests
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task Features_ReplaceRemoveAndEnumerate_BehaveAsAFeatureCollection(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task Features_ReplaceRemoveAndEnumerate_BehaveAsAFeatureCollection(TransportKind kind, TransportEndpoint endpoint)
     {
         // Arrange
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind);
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, endpoint);
         (_, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
         IFeatureCollection features = connection.Features;
         var transport = new ReplacementTransportFeature();
@@ -113,11 +114,11 @@ public sealed class ConnectionFeatureTests
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task Features_AcceptedConnection_ExposeTheSocket(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task Features_AcceptedConnection_ExposeTheSocket(TransportKind kind, TransportEndpoint endpoint)
     {
         // Arrange
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind);
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, endpoint);
 
         // Act
         (_, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();

@@ -25,6 +25,7 @@ internal static class ContractTransports
         loggerFactory ??= NullLoggerFactory.Instance;
         if (kind != TransportKind.Sockets)
         {
+            TransportPresets.SkipUnlessAvailable(kind);
             ProactorTransportOptions options = TransportFactories.CreateOptions(kind, configure);
             if (memoryPool is not null)
             {
@@ -65,18 +66,18 @@ internal static class ContractTransports
 
     public static bool IsProactor(TransportKind kind) => kind != TransportKind.Sockets;
 
-    /// <summary>Every transport kind crossed with payload sizes on both sides of the usual buffer sizes.</summary>
-    public static TheoryData<TransportKind, int> KindsAndPayloadSizes
+    /// <summary>Every kind and endpoint crossed with payload sizes on both sides of the usual buffer sizes.</summary>
+    public static TheoryData<TransportKind, TransportEndpoint, int> KindsAndPayloadSizes
     {
         get
         {
             int[] sizes = [1, 4095, 4096, 4097, 16384, 16385, 1024 * 1024];
-            var data = new TheoryData<TransportKind, int>();
-            foreach (TransportKind kind in TransportFactories.Kinds)
+            var data = new TheoryData<TransportKind, TransportEndpoint, int>();
+            foreach ((TransportKind kind, TransportEndpoint endpoint) in TransportMatrix.Cases)
             {
                 foreach (int size in sizes)
                 {
-                    data.Add(kind, size);
+                    data.Add(kind, endpoint, size);
                 }
             }
 
@@ -84,13 +85,13 @@ internal static class ContractTransports
         }
     }
 
-    /// <summary>Every transport kind crossed with both values of a boolean option.</summary>
+    /// <summary>Every kind (over TCP) crossed with both values of a boolean option.</summary>
     public static TheoryData<TransportKind, bool> KindsAndBooleans
     {
         get
         {
             var data = new TheoryData<TransportKind, bool>();
-            foreach (TransportKind kind in TransportFactories.Kinds)
+            foreach (TransportKind kind in TransportMatrix.Kinds)
             {
                 data.Add(kind, true);
                 data.Add(kind, false);

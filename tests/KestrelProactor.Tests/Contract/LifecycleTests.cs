@@ -10,11 +10,11 @@ namespace KestrelProactor.Tests.Contract;
 public sealed class LifecycleTests
 {
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task DisposeAsync_ListenerTwice_Completes(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task DisposeAsync_ListenerTwice_Completes(TransportKind kind, TransportEndpoint endpoint)
     {
         // Arrange
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind);
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, endpoint);
         await harness.Listener.UnbindAsync(TestContext.Current.CancellationToken).DefaultTimeout();
 
         // Act
@@ -26,11 +26,11 @@ public sealed class LifecycleTests
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task DisposeAsync_ConnectionTwice_Completes(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task DisposeAsync_ConnectionTwice_Completes(TransportKind kind, TransportEndpoint endpoint)
     {
         // Arrange
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind);
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, endpoint);
         (_, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
 
         // Act
@@ -42,11 +42,11 @@ public sealed class LifecycleTests
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task UnbindAsync_WithOpenConnection_ConnectionKeepsWorking(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task UnbindAsync_WithOpenConnection_ConnectionKeepsWorking(TransportKind kind, TransportEndpoint endpoint)
     {
         // Arrange: Kestrel unbinds first and drains connections afterwards, so unbinding must not touch them.
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind);
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, endpoint);
         (System.Net.Sockets.Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
         Task echo = ServerPipes.EchoAsync(connection);
 
@@ -60,11 +60,11 @@ public sealed class LifecycleTests
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task AbortThenDisposeAsync_InKestrelShutdownOrder_Completes(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task AbortThenDisposeAsync_InKestrelShutdownOrder_Completes(TransportKind kind, TransportEndpoint endpoint)
     {
         // Arrange: a connection with a read pending, as an idle keep-alive connection has at shutdown.
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind);
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, endpoint);
         (_, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
         Task closed = ServerPipes.WhenClosedAsync(connection);
         ValueTask<System.IO.Pipelines.ReadResult> pendingRead = connection.Transport.Input.ReadAsync(TestContext.Current.CancellationToken);

@@ -16,6 +16,7 @@ internal sealed class ListenerHarness : IAsyncDisposable
     private readonly List<ConnectionContext> _connections = [];
     private readonly List<Socket> _clients = [];
     private readonly Lock _gate = new();
+    private UnixSocketPath? _unixPath;
     private bool _listenerDisposed;
     private bool _disposed;
 
@@ -34,6 +35,29 @@ internal sealed class ListenerHarness : IAsyncDisposable
     /// <summary>The bound TCP port (only for IP endpoints).</summary>
     public int Port => ((IPEndPoint)Listener.EndPoint).Port;
 
+    /// <summary>Binds a listener of <paramref name="kind"/> on a fresh endpoint of the <paramref name="endpoint"/> kind.</summary>
+    public static async Task<ListenerHarness> BindAsync(
+        TransportKind kind,
+        TransportEndpoint endpoint,
+        Action<ProactorTransportOptions>? configure = null,
+        TrackingMemoryPool? memoryPool = null,
+        ILoggerFactory? loggerFactory = null)
+    {
+        UnixSocketPath? unixPath = endpoint == TransportEndpoint.Unix ? new UnixSocketPath() : null;
+        try
+        {
+            ListenerHarness harness = await BindAsync(kind, unixPath?.EndPoint, configure, memoryPool, loggerFactory);
+            harness._unixPath = unixPath;
+            return harness;
+        }
+        catch
+        {
+            unixPath?.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Binds a listener of <paramref name="kind"/> on <paramref name="endpoint"/> (127.0.0.1:0 when null).</summary>
     public static async Task<ListenerHarness> BindAsync(
         TransportKind kind,
         EndPoint? endpoint = null,
@@ -42,14 +66,26 @@ internal sealed class ListenerHarness : IAsyncDisposable
         ILoggerFactory? loggerFactory = null)
     {
         IConnectionListenerFactory factory = ContractTransports.Create(kind, configure, memoryPool, loggerFactory);
+        ListenerHarness harness;
         try
         {
             IConnectionListener listener = await factory.BindAsync(endpoint ?? new IPEndPoint(IPAddress.Loopback, 0)).DefaultTimeout();
-            return new ListenerHarness(factory, listener);
+            harness = new ListenerHarness(factory, listener);
         }
         catch
         {
             await DisposeFactoryAsync(factory);
+            throw;
+        }
+
+        try
+        {
+            TransportPresets.AssertInEffect(kind, factory);
+            return harness;
+        }
+        catch
+        {
+            await harness.DisposeAsync();
             throw;
         }
     }
@@ -76,11 +112,7 @@ internal sealed class ListenerHarness : IAsyncDisposable
     public async Task<Socket> ConnectAsync(EndPoint? target = null)
     {
         target ??= EndPoint;
-        Socket client = target switch
-        {
-            UnixDomainSocketEndPoint => new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified),
-            _ => new Socket(target.AddressFamily, SocketType.Stream, ProtocolType.Tcp),
-        };
+        Socket client = ClientSocket.For(target);
         lock (_gate)
         {
             _clients.Add(client);
@@ -145,6 +177,7 @@ internal sealed class ListenerHarness : IAsyncDisposable
         }
 
         await DisposeFactoryAsync(Factory);
+        _unixPath?.Dispose();
     }
 
     private static async Task DisposeFactoryAsync(IConnectionListenerFactory factory)

@@ -14,12 +14,12 @@ namespace KestrelProactor.Tests.Contract;
 public sealed class MemoryPoolTests
 {
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task DisposeAsync_AfterEcho_ReturnsEveryPooledBlockUntouched(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task DisposeAsync_AfterEcho_ReturnsEveryPooledBlockUntouched(TransportKind kind, TransportEndpoint endpoint)
     {
         // Arrange
         var pool = new TrackingMemoryPool();
-        ListenerHarness harness = await ListenerHarness.BindAsync(kind, memoryPool: pool);
+        ListenerHarness harness = await ListenerHarness.BindAsync(kind, endpoint, memoryPool: pool);
         await using (harness)
         {
             (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
@@ -41,12 +41,12 @@ public sealed class MemoryPoolTests
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task DisposeAsync_AfterAbortDuringBlockedSend_ReturnsEveryPooledBlockUntouched(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task DisposeAsync_AfterAbortDuringBlockedSend_ReturnsEveryPooledBlockUntouched(TransportKind kind, TransportEndpoint endpoint)
     {
         // Arrange: 8 MiB to a client that does not read leaves a send in flight when the connection is aborted.
         var pool = new TrackingMemoryPool();
-        ListenerHarness harness = await ListenerHarness.BindAsync(kind, memoryPool: pool);
+        ListenerHarness harness = await ListenerHarness.BindAsync(kind, endpoint, memoryPool: pool);
         await using (harness)
         {
             (_, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
@@ -66,7 +66,8 @@ public sealed class MemoryPoolTests
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
+    // Over TCP only: a Unix socket has no RST (the peer's abortive close reads as end-of-stream, with either transport).
+    [MemberData(nameof(TransportMatrix.Presets), MemberType = typeof(TransportMatrix))]
     public async Task DisposeAsync_AfterPeerResetDuringPendingRead_ReturnsEveryPooledBlockUntouched(TransportKind kind)
     {
         Assert.SkipWhen(TestHost.IsWine, TestHost.WineResetBeforeReceive);

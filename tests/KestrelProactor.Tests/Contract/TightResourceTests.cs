@@ -14,16 +14,16 @@ public sealed class TightResourceTests
     private const int ClientCount = 32;
     private const int PayloadSize = 256 * 1024;
 
-    public static TheoryData<TransportKind, string> KindsAndConfigurations
+    public static TheoryData<TransportKind, TransportEndpoint, string> KindsAndConfigurations
     {
         get
         {
-            var data = new TheoryData<TransportKind, string>();
-            foreach (TransportKind kind in TransportFactories.Kinds)
+            var data = new TheoryData<TransportKind, TransportEndpoint, string>();
+            foreach ((TransportKind kind, TransportEndpoint endpoint) in TransportMatrix.Cases)
             {
                 foreach (string configuration in s_configurations.Keys)
                 {
-                    data.Add(kind, configuration);
+                    data.Add(kind, endpoint, configuration);
                 }
             }
 
@@ -44,13 +44,12 @@ public sealed class TightResourceTests
 
     [Theory]
     [MemberData(nameof(KindsAndConfigurations))]
-    public async Task TransportPipes_ConcurrentEchoesWithTightResources_AllIntact(TransportKind kind, string configuration)
+    public async Task TransportPipes_ConcurrentEchoesWithTightResources_AllIntact(TransportKind kind, TransportEndpoint endpoint, string configuration)
     {
         // Arrange
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, configure: s_configurations[configuration]);
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, endpoint, configure: s_configurations[configuration]);
         // Where the two-buffer ring exists (io_uring with buffer rings), it must run dry, or its slow path went untested.
-        bool ringMustRunDry = configuration == "TinyReceiveBufferRing" && OperatingSystem.IsLinux() &&
-            kind is TransportKind.Proactor or TransportKind.ProactorInline or TransportKind.ProactorSingleShot;
+        bool ringMustRunDry = configuration == "TinyReceiveBufferRing" && TransportFactories.UsesBufferRing(kind);
         using CounterRecorder? exhausted = ringMustRunDry
             ? new CounterRecorder(((ProactorTransportFactory)harness.Factory).Backend!.Dispatchers[0].Context.Metrics.NoBufferCount)
             : null;

@@ -18,12 +18,12 @@ public sealed class BackPressureTests
     private const long StallCeiling = 16L * 1024 * 1024;
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task Response_ClientStopsReading_AppWritesStallFarBelow100MiB(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task Response_ClientStopsReading_AppWritesStallFarBelow100MiB(TransportKind kind, TransportEndpoint endpoint)
     {
-        await using var server = await E2EServer.StartAsync(kind);
+        await using var server = await E2EServer.StartAsync(kind, endpoint);
         var cancellationToken = TestContext.Current.CancellationToken;
-        using var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        using Socket socket = ClientSocket.For(server.EndPoint);
         // A small receive window (set before connect) so the client's own kernel buffer takes little.
         socket.ReceiveBufferSize = 64 * 1024;
         await socket.ConnectAsync(server.EndPoint, cancellationToken).DefaultTimeout();
@@ -45,14 +45,14 @@ public sealed class BackPressureTests
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task Request_AppDoesNotRead_ClientSendsStallFarBelow100MiB_ThenCompleteOnRelease(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task Request_AppDoesNotRead_ClientSendsStallFarBelow100MiB_ThenCompleteOnRelease(TransportKind kind, TransportEndpoint endpoint)
     {
-        await using var server = await E2EServer.StartAsync(kind);
+        await using var server = await E2EServer.StartAsync(kind, endpoint);
         var cancellationToken = TestContext.Current.CancellationToken;
         const int Seed = 6;
         string expectedSha = PatternData.Sha256Hex(HundredMiB, Seed);
-        using var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        using Socket socket = ClientSocket.For(server.EndPoint);
         socket.SendBufferSize = 64 * 1024;
         await socket.ConnectAsync(server.EndPoint, cancellationToken).DefaultTimeout();
 

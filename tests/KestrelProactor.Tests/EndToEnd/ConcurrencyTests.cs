@@ -8,10 +8,10 @@ public sealed class ConcurrencyTests
     private const int Clients = 200;
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task TwoHundredClients_HeldOpenTogether_EveryResponseIsTheirs(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task TwoHundredClients_HeldOpenTogether_EveryResponseIsTheirs(TransportKind kind, TransportEndpoint endpoint)
     {
-        await using var server = await E2EServer.StartAsync(kind);
+        await using var server = await E2EServer.StartAsync(kind, endpoint);
         // The gate answers no request until all of them have arrived, so all 200 connections are open at once.
         server.State.GateTarget = Clients;
         using var client = server.CreateHttpClient(h => h.MaxConnectionsPerServer = 1000);

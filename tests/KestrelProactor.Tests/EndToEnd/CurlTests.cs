@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Net;
 using KestrelProactor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 
@@ -11,17 +10,17 @@ public sealed class CurlTests
     private const string Curl = "/usr/bin/curl";
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task Curl_Http11ChunkedUpload_ChecksumMatches(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task Curl_Http11ChunkedUpload_ChecksumMatches(TransportKind kind, TransportEndpoint endpoint)
     {
         Assert.SkipWhen(OperatingSystem.IsWindows(), "curl is a Linux binary; a Windows build (under Wine) cannot start it.");
         Assert.SkipUnless(File.Exists(Curl), "curl is not installed.");
-        await using var server = await E2EServer.StartAsync(kind);
+        await using var server = await E2EServer.StartAsync(kind, endpoint);
         string file = WritePatternFile(2 * 1024 * 1024 + 3, seed: 31);
         try
         {
             var (exitCode, output) = await RunCurlAsync(
-                "-sS", "--http1.1", "-D", "-", "-H", "Transfer-Encoding: chunked", "--data-binary", "@" + file,
+                server, "-sS", "--http1.1", "-D", "-", "-H", "Transfer-Encoding: chunked", "--data-binary", "@" + file,
                 new Uri(server.BaseAddress, "/sha256").ToString());
 
             Assert.Equal(0, exitCode);
@@ -37,14 +36,14 @@ public sealed class CurlTests
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task Curl_H2cPriorKnowledge_ServesHttp2(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task Curl_H2cPriorKnowledge_ServesHttp2(TransportKind kind, TransportEndpoint endpoint)
     {
         Assert.SkipWhen(OperatingSystem.IsWindows(), "curl is a Linux binary; a Windows build (under Wine) cannot start it.");
         Assert.SkipUnless(File.Exists(Curl), "curl is not installed.");
-        await using var server = await E2EServer.StartAsync(kind, listen: k => k.Listen(IPAddress.Loopback, 0, o => o.Protocols = HttpProtocols.Http2));
+        await using var server = await E2EServer.StartAsync(kind, endpoint, listen: o => o.Protocols = HttpProtocols.Http2);
 
-        var (exitCode, output) = await RunCurlAsync("-sS", "--http2-prior-knowledge", "-D", "-", new Uri(server.BaseAddress, "/hello").ToString());
+        var (exitCode, output) = await RunCurlAsync(server, "-sS", "--http2-prior-knowledge", "-D", "-", new Uri(server.BaseAddress, "/hello").ToString());
 
         Assert.Equal(0, exitCode);
         Assert.Contains("HTTP/2 200", output);
@@ -53,19 +52,19 @@ public sealed class CurlTests
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task Curl_HttpsWithAlpn_NegotiatesHttp2(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task Curl_HttpsWithAlpn_NegotiatesHttp2(TransportKind kind, TransportEndpoint endpoint)
     {
         Assert.SkipWhen(OperatingSystem.IsWindows(), "curl is a Linux binary; a Windows build (under Wine) cannot start it.");
         Assert.SkipUnless(File.Exists(Curl), "curl is not installed.");
-        await using var server = await E2EServer.StartAsync(kind, listen: k => k.Listen(IPAddress.Loopback, 0, o =>
+        await using var server = await E2EServer.StartAsync(kind, endpoint, listen: o =>
         {
             o.Protocols = HttpProtocols.Http1AndHttp2;
             o.UseHttps(TestCertificate.Certificate);
-        }));
+        });
 
         // -k: the certificate is self-signed; the .NET tests pin it exactly, this one is about curl's ALPN.
-        var (exitCode, output) = await RunCurlAsync("-sS", "-k", "--http2", "-D", "-", new Uri(server.BaseAddress, "/hello").ToString());
+        var (exitCode, output) = await RunCurlAsync(server, "-sS", "-k", "--http2", "-D", "-", new Uri(server.BaseAddress, "/hello").ToString());
 
         Assert.Equal(0, exitCode);
         Assert.Contains("HTTP/2 200", output);
@@ -79,7 +78,7 @@ public sealed class CurlTests
         return path;
     }
 
-    private static async Task<(int ExitCode, string Output)> RunCurlAsync(params string[] arguments)
+    private static async Task<(int ExitCode, string Output)> RunCurlAsync(E2EServer server, params string[] arguments)
     {
         var startInfo = new ProcessStartInfo(Curl)
         {
@@ -89,7 +88,7 @@ public sealed class CurlTests
         };
         startInfo.ArgumentList.Add("--max-time");
         startInfo.ArgumentList.Add("30");
-        foreach (string argument in arguments)
+        foreach (string argument in server.CurlEndPointArguments.Concat(arguments))
         {
             startInfo.ArgumentList.Add(argument);
         }

@@ -10,30 +10,30 @@ public sealed class LargeBodyTests
     private static readonly long SixtyFourMiB = TestHost.StressBytes(64L * 1024 * 1024);
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task Upload_64MiB_ServerChecksumMatches(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task Upload_64MiB_ServerChecksumMatches(TransportKind kind, TransportEndpoint endpoint)
     {
-        await using var server = await E2EServer.StartAsync(kind);
+        await using var server = await E2EServer.StartAsync(kind, endpoint);
         using var client = server.CreateHttpClient();
 
         await BodyChecks.UploadAndVerifyAsync(server, client, SixtyFourMiB, seed: 64, chunked: false);
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task Download_64MiB_ClientChecksumMatches(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task Download_64MiB_ClientChecksumMatches(TransportKind kind, TransportEndpoint endpoint)
     {
-        await using var server = await E2EServer.StartAsync(kind);
+        await using var server = await E2EServer.StartAsync(kind, endpoint);
         using var client = server.CreateHttpClient();
 
         await BodyChecks.DownloadAndVerifyAsync(server, client, SixtyFourMiB, seed: 65, chunked: false);
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task Upload_ChunkedRequestBody_ServerSeesChunkedAndChecksumMatches(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task Upload_ChunkedRequestBody_ServerSeesChunkedAndChecksumMatches(TransportKind kind, TransportEndpoint endpoint)
     {
-        await using var server = await E2EServer.StartAsync(kind);
+        await using var server = await E2EServer.StartAsync(kind, endpoint);
         using var client = server.CreateHttpClient();
 
         // Odd write sizes put chunk boundaries everywhere relative to the transport's receive buffers.
@@ -44,10 +44,10 @@ public sealed class LargeBodyTests
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task Download_ChunkedResponseBody_ArrivesChunkedAndWhole(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task Download_ChunkedResponseBody_ArrivesChunkedAndWhole(TransportKind kind, TransportEndpoint endpoint)
     {
-        await using var server = await E2EServer.StartAsync(kind);
+        await using var server = await E2EServer.StartAsync(kind, endpoint);
         using var client = server.CreateHttpClient();
 
         using var small = await client.GetAsync("/chunked", TestContext.Current.CancellationToken).DefaultTimeout();

@@ -7,10 +7,10 @@ namespace KestrelProactor.Tests.EndToEnd;
 public sealed class MinimalApiTests
 {
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task Get_MinimalApiEndpoint_ReturnsText(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task Get_MinimalApiEndpoint_ReturnsText(TransportKind kind, TransportEndpoint endpoint)
     {
-        await using var server = await E2EServer.StartAsync(kind);
+        await using var server = await E2EServer.StartAsync(kind, endpoint);
         using var client = server.CreateHttpClient();
 
         using var response = await client.GetAsync("/hello", TestContext.Current.CancellationToken).DefaultTimeout();
@@ -21,10 +21,10 @@ public sealed class MinimalApiTests
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task Post_JsonBody_IsBoundAndAnswered(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task Post_JsonBody_IsBoundAndAnswered(TransportKind kind, TransportEndpoint endpoint)
     {
-        await using var server = await E2EServer.StartAsync(kind);
+        await using var server = await E2EServer.StartAsync(kind, endpoint);
         using var client = server.CreateHttpClient();
 
         using var response = await client.PostAsJsonAsync("/greet", new Greeting("io_uring", 41), TestContext.Current.CancellationToken).DefaultTimeout();
@@ -36,10 +36,10 @@ public sealed class MinimalApiTests
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task KeepAlive_ManyRequestsOnOneConnection_AllAnswered(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task KeepAlive_ManyRequestsOnOneConnection_AllAnswered(TransportKind kind, TransportEndpoint endpoint)
     {
-        await using var server = await E2EServer.StartAsync(kind);
+        await using var server = await E2EServer.StartAsync(kind, endpoint);
         using var client = server.CreateHttpClient(h => h.MaxConnectionsPerServer = 1);
 
         for (int i = 0; i < 100; i++)

@@ -12,11 +12,11 @@ public sealed class TinyRingTests
     private static readonly long SixteenMiB = TestHost.StressBytes(16L * 1024 * 1024);
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task Upload_16MiB_WithFourEntryRings_ChecksumMatches(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task Upload_16MiB_WithFourEntryRings_ChecksumMatches(TransportKind kind, TransportEndpoint endpoint)
     {
         Assert.SkipWhen(kind == TransportKind.Sockets, "Ring sizes apply to the proactor transport only.");
-        await using var server = await E2EServer.StartAsync(kind, configureProactor: TinyRings);
+        await using var server = await E2EServer.StartAsync(kind, endpoint, configureProactor: TinyRings);
         using var client = server.CreateHttpClient();
 
         await BodyChecks.UploadAndVerifyAsync(server, client, SixteenMiB, seed: 16, chunked: false);
@@ -24,11 +24,11 @@ public sealed class TinyRingTests
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task Download_16MiB_WithFourEntryRings_ChecksumMatches(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task Download_16MiB_WithFourEntryRings_ChecksumMatches(TransportKind kind, TransportEndpoint endpoint)
     {
         Assert.SkipWhen(kind == TransportKind.Sockets, "Ring sizes apply to the proactor transport only.");
-        await using var server = await E2EServer.StartAsync(kind, configureProactor: TinyRings);
+        await using var server = await E2EServer.StartAsync(kind, endpoint, configureProactor: TinyRings);
         using var client = server.CreateHttpClient();
 
         await BodyChecks.DownloadAndVerifyAsync(server, client, SixteenMiB, seed: 18, chunked: false);
@@ -36,11 +36,11 @@ public sealed class TinyRingTests
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task ConcurrentEchoes_WithFourEntryRings_AllIntact(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task ConcurrentEchoes_WithFourEntryRings_AllIntact(TransportKind kind, TransportEndpoint endpoint)
     {
         Assert.SkipWhen(kind == TransportKind.Sockets, "Ring sizes apply to the proactor transport only.");
-        await using var server = await E2EServer.StartAsync(kind, configureProactor: TinyRings);
+        await using var server = await E2EServer.StartAsync(kind, endpoint, configureProactor: TinyRings);
         using var client = server.CreateHttpClient(h => h.MaxConnectionsPerServer = 32);
 
         // More connections than queue entries: accepts, receives and sends all compete for four slots.

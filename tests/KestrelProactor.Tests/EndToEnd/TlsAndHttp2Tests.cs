@@ -8,11 +8,11 @@ namespace KestrelProactor.Tests.EndToEnd;
 public sealed class TlsAndHttp2Tests
 {
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task Https_Http11_EchoesOneMiB(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task Https_Http11_EchoesOneMiB(TransportKind kind, TransportEndpoint endpoint)
     {
         Assert.SkipWhen(TestHost.IsWine, TestHost.WineNoCngEcdsa);
-        await using var server = await E2EServer.StartAsync(kind, listen: HttpsOn(HttpProtocols.Http1));
+        await using var server = await E2EServer.StartAsync(kind, endpoint, listen: HttpsOn(HttpProtocols.Http1));
         Assert.Equal("https", server.BaseAddress.Scheme);
         using var client = server.CreateHttpClient(TrustTestCertificate, HttpVersion.Version11);
         byte[] body = PatternData.Create(1024 * 1024, seed: 11);
@@ -26,11 +26,11 @@ public sealed class TlsAndHttp2Tests
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task Https_Http2NegotiatedByAlpn_ConcurrentStreamsOnOneConnection(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task Https_Http2NegotiatedByAlpn_ConcurrentStreamsOnOneConnection(TransportKind kind, TransportEndpoint endpoint)
     {
         Assert.SkipWhen(TestHost.IsWine, TestHost.WineNoCngEcdsa);
-        await using var server = await E2EServer.StartAsync(kind, listen: HttpsOn(HttpProtocols.Http1AndHttp2));
+        await using var server = await E2EServer.StartAsync(kind, endpoint, listen: HttpsOn(HttpProtocols.Http1AndHttp2));
         SslApplicationProtocol? negotiated = null;
         using var client = server.CreateHttpClient(
             handler =>
@@ -63,10 +63,10 @@ public sealed class TlsAndHttp2Tests
     }
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task H2c_PriorKnowledge_ServesHttp2OverPlainTcp(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task H2c_PriorKnowledge_ServesHttp2OverPlainTcp(TransportKind kind, TransportEndpoint endpoint)
     {
-        await using var server = await E2EServer.StartAsync(kind, listen: k => k.Listen(IPAddress.Loopback, 0, o => o.Protocols = HttpProtocols.Http2));
+        await using var server = await E2EServer.StartAsync(kind, endpoint, listen: o => o.Protocols = HttpProtocols.Http2);
         Assert.Equal("http", server.BaseAddress.Scheme);
         using var client = server.CreateHttpClient(version: HttpVersion.Version20);
 
@@ -79,12 +79,12 @@ public sealed class TlsAndHttp2Tests
         Assert.False(report.Chunked, "HTTP/2 has no chunked transfer coding; the body arrives in DATA frames.");
     }
 
-    private static Action<KestrelServerOptions> HttpsOn(HttpProtocols protocols)
-        => kestrel => kestrel.Listen(IPAddress.Loopback, 0, listen =>
+    private static Action<ListenOptions> HttpsOn(HttpProtocols protocols)
+        => listen =>
         {
             listen.Protocols = protocols;
             listen.UseHttps(TestCertificate.Certificate);
-        });
+        };
 
     private static void TrustTestCertificate(SocketsHttpHandler handler)
         => handler.SslOptions.RemoteCertificateValidationCallback = TestCertificate.Validate;

@@ -9,16 +9,16 @@ public sealed class WebSocketTests
     private static readonly int[] s_messageSizes = [0, 1, 125, 126, 4096, 16 * 1024 + 1, 65_535, 65_536, 1024 * 1024];
 
     [Theory]
-    [MemberData(nameof(TransportFactories.All), MemberType = typeof(TransportFactories))]
-    public async Task Echo_MessagesOfManySizes_ComeBackIntact(TransportKind kind)
+    [MemberData(nameof(TransportMatrix.All), MemberType = typeof(TransportMatrix))]
+    public async Task Echo_MessagesOfManySizes_ComeBackIntact(TransportKind kind, TransportEndpoint endpoint)
     {
-        await using var server = await E2EServer.StartAsync(kind);
+        await using var server = await E2EServer.StartAsync(kind, endpoint);
         var cancellationToken = TestContext.Current.CancellationToken;
         using var socket = new ClientWebSocket();
         socket.Options.CollectHttpResponseDetails = true;
         var uri = new UriBuilder(server.BaseAddress) { Scheme = "ws", Path = "/ws" }.Uri;
 
-        await socket.ConnectAsync(uri, cancellationToken).DefaultTimeout();
+        await server.ConnectWebSocketAsync(socket, uri, cancellationToken).DefaultTimeout();
         Assert.NotNull(socket.HttpResponseHeaders);
         Assert.True(socket.HttpResponseHeaders.TryGetValue(E2EApp.TransportHeader, out var transport));
         server.AssertServedByExpectedTransport(Assert.Single(transport));
