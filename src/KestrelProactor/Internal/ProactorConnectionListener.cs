@@ -144,16 +144,19 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
                     ProactorDispatcher target = _backend.NextDispatcher();
                     target.ConfigureAcceptedSocket(acceptedSocket, _isTcp && _options.NoDelay);
                     var connection = new ProactorConnection(target, acceptedSocket, _isTcp, local, remote, _logger);
+                    acceptedSocket = null;
                     if (_accepted.Writer.TryWrite(connection))
                     {
-                        acceptedSocket = null;
                         // Start receiving now rather than when Kestrel's accept loop, a thread hop away, takes it:
                         // the request is usually in the pipe by then. On this dispatcher that costs no wake-up.
                         connection.Start();
                     }
                     else
                     {
-                        acceptedSocket.Dispose();
+                        // The accept queue is closed: the connection owns the socket (and a pool lease), so it is
+                        // closed the way every connection is, through its dispatcher.
+                        connection.Abort(new ConnectionAbortedException("The listener stopped before the connection was accepted."));
+                        _ = connection.DisposeAsync().AsTask();
                     }
                 }
             }
@@ -308,7 +311,7 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
     /// The accept dispatcher died: no accept can run again on this endpoint. Kestrel's next accept sees the
     /// error (and logs it), and an unbind returns at once.
     /// </summary>
-    void IOperationOwner.OnDispatcherFailed(Exception error)
+    void IOperationOwner.OnDispatcherFailed(Exception error, bool operationsMayBeLive)
     {
         if (_acceptStopped.Task.IsCompleted)
         {

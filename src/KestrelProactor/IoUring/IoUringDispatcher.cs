@@ -502,6 +502,13 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
         }
     }
 
+    /// <summary>
+    /// With DEFER_TASKRUN, the kernel works on this ring's operations only inside an enter from this thread; once
+    /// the ring is closed what is left is cancelled without touching user memory. Other rings run task work at any
+    /// return from the kernel (up to 6.0 even after the ring is closed), or on a polling thread.
+    /// </summary>
+    protected override bool TeardownEndsKernelAccess => _ring is { } ring && (ring.Flags & IORING_SETUP_DEFER_TASKRUN) != 0;
+
     protected override void Teardown()
     {
         Context.Metrics.Unregister(this);
