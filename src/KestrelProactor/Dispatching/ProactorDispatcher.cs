@@ -455,6 +455,12 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
 
     public abstract void SubmitAccept(ProactorConnectionListener listener);
 
+    /// <summary>
+    /// Whether a listen socket that accepted on another dispatcher, now ended, can accept here. A completion port
+    /// cannot take a socket already bound to another port.
+    /// </summary>
+    public virtual bool CanTakeOverListener => true;
+
     /// <summary>Sets up a freshly accepted socket for this dispatcher (TCP_NODELAY and what the backend needs).</summary>
     public abstract void ConfigureAcceptedSocket(SafeHandle socket, bool noDelay);
 

@@ -10,4 +10,10 @@ internal static partial class ProactorLog
 
     [LoggerMessage(41, LogLevel.Warning, "{Owner} was released by dispatcher {DispatcherId} while the kernel may still use its memory; that memory is kept out of the pool for the life of the process.", EventName = "MemoryKeptForKernel")]
     public static partial void MemoryKeptForKernel(ILogger logger, int dispatcherId, string owner);
+
+    [LoggerMessage(42, LogLevel.Warning, "The dispatcher that accepted on {EndPoint} failed; dispatcher {DispatcherId} accepts there from now on.", EventName = "ListenerMoved")]
+    public static partial void ListenerMoved(ILogger logger, string endPoint, int dispatcherId);
+
+    [LoggerMessage(43, LogLevel.Error, "The dispatcher that accepted on {EndPoint} failed and no other can take the endpoint over; it is closed.", EventName = "ListenerClosedAfterFailure")]
+    public static partial void ListenerClosedAfterFailure(ILogger logger, string endPoint);
 }

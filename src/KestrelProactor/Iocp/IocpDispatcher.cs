@@ -48,6 +48,9 @@ internal sealed unsafe partial class IocpDispatcher : ProactorDispatcher
 
     public override string BackendName => "iocp";
 
+    /// <summary>A listen socket stays bound to the port of the dispatcher that first accepted on it.</summary>
+    public override bool CanTakeOverListener => false;
+
     /// <summary>Overlapped operations that succeeded at submission and so queued no packet (skip-on-success).</summary>
     public long SynchronousCompletions { get; private set; }
 
