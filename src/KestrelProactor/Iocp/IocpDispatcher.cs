@@ -14,7 +14,8 @@ namespace KestrelProactor.Iocp;
 /// Sockets are set to skip the completion port on success: an operation that completes at once queues no packet.
 /// Its result is then handled from this dispatcher's local work queue, later in the same pass, never inside the
 /// caller's stack: the shared connection code submits from its handlers and does not expect a completion to run
-/// before the submission returns. Shutdown and close are plain synchronous calls delivered the same way, so every
+/// before the submission returns. Where the port refuses that mode for a socket, an immediate success of its
+/// operations is left to the packet it still queues, so each operation is completed once, by its own packet. Shutdown and close are plain synchronous calls delivered the same way, so every
 /// operation reaches the shared code through <see cref="ProactorDispatcher.DispatchCompletion"/> exactly once.
 /// </para>
 /// <para>
