@@ -21,9 +21,13 @@ internal interface IOperationOwner
     void OnHandlerFault(OperationKind kind, bool operationEnded, Exception exception);
 
     /// <summary>
-    /// Called once this owner's dispatcher has stopped for good on an unrecoverable error (its kernel queue is
-    /// gone, so no operation can run or complete): the owner releases what it holds without one, and ends with
-    /// <paramref name="error"/>. May run on any thread; must be idempotent.
+    /// Called once this owner's dispatcher has ended under it: it failed on an unrecoverable error, or a stop ran
+    /// out of time with this owner still open, or a work item for it came after the end. Its kernel queue is closed,
+    /// so no operation of this owner will complete: the owner releases what it holds without one, and ends with
+    /// <paramref name="error"/>. <paramref name="operationsMayBeLive"/>: operations of this owner had not completed
+    /// and the kernel may still use their memory; the owner must keep that memory (see
+    /// <see cref="ProactorDispatcher.KeepForKernel"/>) rather than give it back. May run on any thread; must be
+    /// idempotent (the first call decides).
     /// </summary>
-    void OnDispatcherFailed(Exception error);
+    void OnDispatcherFailed(Exception error, bool operationsMayBeLive);
 }

@@ -13,6 +13,12 @@ internal sealed class OperationTable
     private readonly Stack<int> _free = new();
     private int _next;
 
+    /// <summary>
+    /// A test hook: a completion for which it returns true is lost, as if the kernel never delivered it. Its
+    /// operation stays counted in flight, its owner never hears of it, and the backend treats it as stale.
+    /// </summary>
+    internal static Func<IOperationOwner, OperationKind, bool>? TestLoseCompletionHook { get; set; }
+
     /// <summary>Owners in the table.</summary>
     public int Count { get; private set; }
 
@@ -79,6 +85,11 @@ internal sealed class OperationTable
         }
 
         IOperationOwner? owner = _owners[token.Slot];
+        if (owner is not null && TestLoseCompletionHook is { } lose && lose(owner, OperationToken.KindOf(userData)))
+        {
+            return null;
+        }
+
         if (owner is not null && final)
         {
             _inFlight[token.Slot]--;

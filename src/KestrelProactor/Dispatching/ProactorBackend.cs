@@ -25,7 +25,7 @@ internal abstract class ProactorBackend : IAsyncDisposable
 
     /// <summary>
     /// The dispatchers in turn: accepted connections and listeners spread over every ring, passing over one that
-    /// has failed. If all have, the last one tried is returned; a connection it is given releases itself at once.
+    /// has failed or ended. If all have, the last one tried is returned; a connection it is given releases itself at once.
     /// </summary>
     public ProactorDispatcher NextDispatcher()
     {
@@ -34,7 +34,7 @@ internal abstract class ProactorBackend : IAsyncDisposable
         {
             uint index = (uint)Interlocked.Increment(ref _next);
             dispatcher = Dispatchers[index % (uint)Dispatchers.Length];
-            if (!dispatcher.HasFailed)
+            if (!dispatcher.HasFailed && !dispatcher.HasEnded)
             {
                 break;
             }
@@ -65,11 +65,9 @@ internal abstract class ProactorBackend : IAsyncDisposable
         return false;
     }
 
+    /// <summary>Stops every dispatcher at once: a stop that runs out of time costs one deadline, not one per dispatcher.</summary>
     public async ValueTask DisposeAsync()
     {
-        foreach (ProactorDispatcher dispatcher in Dispatchers)
-        {
-            await dispatcher.StopAsync().ConfigureAwait(false);
-        }
+        await Task.WhenAll(Dispatchers.Select(static d => d.StopAsync())).ConfigureAwait(false);
     }
 }

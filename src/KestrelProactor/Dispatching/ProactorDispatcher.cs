@@ -33,7 +33,6 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     private readonly TaskCompletionSource _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private Thread? _thread;
     private int _sleeping;
-    private volatile Exception? _failure;
     private long _openConnections;
     private volatile bool _stopRequested;
     private readonly Queue<(ProactorConnection Connection, int Deferral, long Due)> _deferredOutputReads = new();
@@ -46,6 +45,9 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
         Logger = context.Logger;
         Options = context.Options;
         MemoryPool = context.MemoryPoolFactory();
+        // Kestrel's pools (and those of the MemoryPoolFactory option) are the transport's to dispose; the shared
+        // fallback is nobody's.
+        _ownsPool = !ReferenceEquals(MemoryPool, MemoryPool<byte>.Shared);
         Table = new OperationTable();
     }
 
@@ -83,9 +85,6 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
 
     /// <summary>How many buffers the lender has in all (caps what one connection may hold).</summary>
     public virtual int LendableBufferCount => 0;
-
-    /// <summary>True once the loop has stopped on an unrecoverable error; its owners have been released.</summary>
-    public bool HasFailed => _failure is not null;
 
     /// <summary>Completion handlers that threw since start.</summary>
     public long HandlerFaults { get; private set; }
@@ -125,23 +124,10 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
         return _started.Task;
     }
 
-    /// <summary>Asks the loop to end once its owners are gone (or after a grace period), and waits for the thread.</summary>
-    public async Task StopAsync()
-    {
-        if (_thread is null)
-        {
-            return;
-        }
-
-        _stopRequested = true;
-        Wake();
-        await _stopped.Task.ConfigureAwait(false);
-    }
-
     /// <inheritdoc />
     public override void Schedule(Action<object?> action, object? state)
     {
-        if (IsOnDispatcherThread && _failure is null)
+        if (IsOnDispatcherThread && _endedWith is null)
         {
             // Runs before the dispatcher next sleeps: no wake-up needed.
             _localWork.Enqueue((action, state));
@@ -149,11 +135,11 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
         }
 
         _remoteWork.Enqueue((action, state));
-        if (_failure is not null)
+        if (_endedWith is not null)
         {
-            // Nothing runs here any more. Pairs with ReleaseAfterFailure's store-then-drain: either it saw this
-            // item or this thread sees the failure and releases the item's owner itself.
-            DrainAfterFailure();
+            // Nothing runs here any more. Pairs with End's publish-then-drain: either it saw this item or this
+            // thread sees the end and releases the item's owner itself.
+            DrainAfterEnd();
             return;
         }
 
@@ -162,101 +148,6 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
         if (Volatile.Read(ref _sleeping) == 1 && Interlocked.Exchange(ref _sleeping, 0) == 1)
         {
             Wake();
-        }
-    }
-
-    private void ThreadMain()
-    {
-        try
-        {
-            Initialize();
-            // Known once the backend is set up: whether its waits can be shorter than a millisecond.
-            TimeSpan delay = Options.OutputCoalescingDelay;
-            _outputCoalescingTicks = SupportsShortWaits && delay > TimeSpan.Zero
-                ? Math.Max(1, (long)(delay.TotalSeconds * Stopwatch.Frequency))
-                : 0;
-        }
-        catch (Exception ex)
-        {
-            _started.TrySetException(ex);
-            _stopped.TrySetResult();
-            return;
-        }
-
-        _started.TrySetResult();
-        try
-        {
-            RunLoop();
-        }
-        catch (Exception ex)
-        {
-            ProactorLog.DispatcherFailed(Logger, Id, ex);
-            _failure = ex;
-        }
-        finally
-        {
-            try
-            {
-                Teardown();
-            }
-            finally
-            {
-                if (_failure is not null)
-                {
-                    ReleaseAfterFailure();
-                }
-
-                _stopped.TrySetResult();
-            }
-        }
-    }
-
-    /// <summary>
-    /// The loop died: the kernel queue is torn down, which ends every operation in flight without a completion
-    /// here. Each owner in the table, and each owner a queued work item was for (a connection about to start),
-    /// releases itself, so the application sees its connections end and the host can still stop. The backend
-    /// no longer deals new connections to this dispatcher.
-    /// </summary>
-    private void ReleaseAfterFailure()
-    {
-        var owners = new List<IOperationOwner>();
-        Table.CopyOwners(owners);
-        foreach (IOperationOwner owner in owners)
-        {
-            ReleaseOwner(owner);
-        }
-
-        while (_localWork.TryDequeue(out var item))
-        {
-            if (item.State is IOperationOwner owner)
-            {
-                ReleaseOwner(owner);
-            }
-        }
-
-        DrainAfterFailure();
-    }
-
-    private void DrainAfterFailure()
-    {
-        while (_remoteWork.TryDequeue(out var item))
-        {
-            if (item.State is IOperationOwner owner)
-            {
-                ReleaseOwner(owner);
-            }
-        }
-    }
-
-    private void ReleaseOwner(IOperationOwner owner)
-    {
-        try
-        {
-            owner.OnDispatcherFailed(_failure!);
-        }
-        catch (Exception ex)
-        {
-            ProactorLog.WorkItemFault(Logger, Id, ex);
         }
     }
 
@@ -272,13 +163,20 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
             {
                 if (stopDeadline == 0)
                 {
-                    stopDeadline = Environment.TickCount64 + 5000;
+                    stopDeadline = Environment.TickCount64 + (long)StopTimeout.TotalMilliseconds;
                     AbortAllOwners();
                     continue;
                 }
 
-                if (Table.Count == 0 || Environment.TickCount64 > stopDeadline)
+                if (Table.Count == 0)
                 {
+                    return;
+                }
+
+                if (Environment.TickCount64 > stopDeadline)
+                {
+                    // What is left is released once the kernel queue is gone (see End).
+                    ProactorLog.DispatcherStopTimedOut(Logger, Id, Table.Count, (int)StopTimeout.TotalSeconds);
                     return;
                 }
             }
@@ -556,6 +454,12 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     public abstract void SubmitCancel(IOperationOwner owner, OperationKind kind);
 
     public abstract void SubmitAccept(ProactorConnectionListener listener);
+
+    /// <summary>
+    /// Whether a listen socket that accepted on another dispatcher, now ended, can accept here. A completion port
+    /// cannot take a socket already bound to another port.
+    /// </summary>
+    public virtual bool CanTakeOverListener => true;
 
     /// <summary>Sets up a freshly accepted socket for this dispatcher (TCP_NODELAY and what the backend needs).</summary>
     public abstract void ConfigureAcceptedSocket(SafeHandle socket, bool noDelay);

@@ -17,6 +17,7 @@ internal sealed partial class ProactorConnection
     private bool _closeCompleted;
     private bool _finished;
     private int _releasedAfterFailure;
+    private bool _memoryKeptForKernel;
     private Task? _connectionClosedTask;
 
     /// <summary>Closes with RST from any thread; pending receives and sends are cancelled.</summary>
@@ -131,13 +132,15 @@ internal sealed partial class ProactorConnection
     }
 
     /// <summary>
-    /// The dispatcher died (see <see cref="ProactorDispatcher.HasFailed"/>): its ring is gone and with it every
-    /// operation of this connection, so nothing will complete here. End both pipes with the error, close the
-    /// descriptor directly and fire <see cref="ConnectionClosed"/>, so Kestrel sees the connection end and
-    /// <see cref="DisposeAsync"/> returns. Runs on the dying dispatcher's thread, or on a thread whose work item
-    /// for this connection came too late to run there; once only.
+    /// The dispatcher ended under this connection (it failed, or a stop ran out of time; see
+    /// <see cref="IOperationOwner.OnDispatcherFailed"/>): its kernel queue is closed, so nothing will complete here.
+    /// Close the descriptor directly, end both pipes with the error and fire <see cref="ConnectionClosed"/>, so
+    /// Kestrel sees the connection end and <see cref="DisposeAsync"/> returns. Memory a receive or a send may still
+    /// be using when <paramref name="operationsMayBeLive"/> stays in its pipe, and the pipe is never completed on
+    /// this side, so it never goes back to the pool. Runs on the ended dispatcher's thread, or on a thread whose
+    /// work item for this connection came too late to run there; once only.
     /// </summary>
-    void IOperationOwner.OnDispatcherFailed(Exception error)
+    void IOperationOwner.OnDispatcherFailed(Exception error, bool operationsMayBeLive)
     {
         if (Interlocked.Exchange(ref _releasedAfterFailure, 1) != 0 || _finished)
         {
@@ -145,21 +148,35 @@ internal sealed partial class ProactorConnection
         }
 
         _finished = true;
-        // The descriptor first, so the kernel ends whatever operation still points into pipe memory before the
-        // pipes give that memory back. One already handed to a close operation is not ours to close again.
+        // The descriptor first, so the kernel ends whatever operation still points into pipe memory. One already
+        // handed to a close operation is not ours to close again.
         if (!Socket.IsClosed)
         {
             Socket.Dispose();
         }
 
-        var reason = new ConnectionAbortedException("The connection's dispatcher stopped on an unrecoverable error.", error);
+        bool keepInput = operationsMayBeLive && _receiveIntoPipe;
+        bool keepOutput = operationsMayBeLive && _sendActive;
+        if (keepInput || keepOutput)
+        {
+            _memoryKeptForKernel = true;
+            Dispatcher.KeepForKernel(this, ConnectionId);
+        }
+
+        var reason = error as ConnectionAbortedException
+            ?? new ConnectionAbortedException("The connection's dispatcher stopped on an unrecoverable error.", error);
         Interlocked.CompareExchange(ref _abortReason, reason, null);
         try
         {
             // With inline scheduling these run application continuations on this thread.
             _inputError ??= reason;
-            CompleteInputWriter();
-            if (!_outputEnded)
+            if (!keepInput)
+            {
+                ReleaseReceivePin();
+                CompleteInputWriter();
+            }
+
+            if (!_outputEnded && !keepOutput)
             {
                 _outputEnded = true;
                 Output.Complete(reason);

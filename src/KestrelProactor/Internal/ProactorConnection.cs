@@ -41,6 +41,7 @@ internal sealed partial class ProactorConnection : ConnectionContext,
     private IDictionary<object, object?>? _items;
     private string? _connectionId;
     private int _started;
+    private int _holdsPoolLease;
 
     public ProactorConnection(ProactorDispatcher dispatcher, SafeHandle socket, bool isTcp, EndPoint? localEndPoint, EndPoint? remoteEndPoint, ILogger logger)
     {
@@ -56,6 +57,8 @@ internal sealed partial class ProactorConnection : ConnectionContext,
         long maxWrite = options.MaxWriteBufferSize ?? 0;
         PipeScheduler applicationScheduler = options.UnsafePreferInlineScheduling ? PipeScheduler.Inline : PipeScheduler.ThreadPool;
         MemoryPool<byte> pool = dispatcher.MemoryPool;
+        // The pool stays undisposed until this connection's pipes are done (DisposeAsync).
+        _holdsPoolLease = dispatcher.TryAcquirePoolLease() ? 1 : 0;
 
         // Input: the dispatcher writes, the application reads; its reads resume on the pool, or inline on the
         // dispatcher if asked. Where the backend lends its receive buffers, the application reads the very
@@ -174,6 +177,12 @@ internal sealed partial class ProactorConnection : ConnectionContext,
 
         await _closedTcs.Task.ConfigureAwait(false);
         _connectionClosedSource.Dispose();
+        // Both pipes are done: their blocks are back, unless the kernel may still use one (KeepForKernel), in which
+        // case the pool must never be disposed under it.
+        if (!_memoryKeptForKernel && Interlocked.Exchange(ref _holdsPoolLease, 0) != 0)
+        {
+            Dispatcher.ReleasePoolLease();
+        }
     }
 
     /// <summary>Tests only: runs first in this connection's fault handling, to make that throw in turn.</summary>

@@ -14,13 +14,21 @@ namespace KestrelProactor.Internal;
 /// becomes a connection on the next dispatcher in turn, so connections spread over every ring while the
 /// endpoint keeps one listen socket (one backlog, no SO_REUSEPORT imbalance, and Unix sockets and inherited
 /// handles work the same way).
+/// <para>
+/// If the accepting dispatcher fails, the listen socket moves to a surviving dispatcher and accepting goes on
+/// there: Kestrel cannot bind an endpoint again by itself, so a listener that died with its dispatcher would
+/// leave the endpoint unserved until the process restarts, over a fault that cost only one ring. Where no
+/// dispatcher can take it (all have failed, or the backend cannot move a listen socket), the listen socket is
+/// closed, so the port is not left bound with nobody accepting, and Kestrel's next accept fails with the reason.
+/// </para>
 /// </summary>
 internal sealed class ProactorConnectionListener : IConnectionListener, IOperationOwner
 {
     private const int MaxAcceptRetryDelayMs = 1000;
 
     private readonly ProactorBackend _backend;
-    private readonly ProactorDispatcher _acceptDispatcher;
+    private readonly Lock _moveGate = new();
+    private volatile ProactorDispatcher _acceptDispatcher;
     private readonly Socket _listenSocket;
     private readonly ProactorTransportOptions _options;
     private readonly ILogger _logger;
@@ -32,6 +40,7 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
     private bool _acceptStopHandled;
     private int _retryDelayMs;
     private Timer? _retryTimer;
+    private ProactorDispatcher? _registeredOn;
 
     private ProactorConnectionListener(ProactorBackend backend, Socket listenSocket, ProactorTransportOptions options, ILogger logger)
     {
@@ -102,6 +111,14 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
     private void StartOnDispatcher()
     {
         _acceptDispatcher.Register(this);
+        _registeredOn = _acceptDispatcher;
+        if (_unbinding)
+        {
+            // Moved here while an unbind was under way (its work item was for the dispatcher that failed).
+            StopAccepting();
+            return;
+        }
+
         ArmAccept();
     }
 
@@ -144,16 +161,19 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
                     ProactorDispatcher target = _backend.NextDispatcher();
                     target.ConfigureAcceptedSocket(acceptedSocket, _isTcp && _options.NoDelay);
                     var connection = new ProactorConnection(target, acceptedSocket, _isTcp, local, remote, _logger);
+                    acceptedSocket = null;
                     if (_accepted.Writer.TryWrite(connection))
                     {
-                        acceptedSocket = null;
                         // Start receiving now rather than when Kestrel's accept loop, a thread hop away, takes it:
                         // the request is usually in the pipe by then. On this dispatcher that costs no wake-up.
                         connection.Start();
                     }
                     else
                     {
-                        acceptedSocket.Dispose();
+                        // The accept queue is closed: the connection owns the socket (and a pool lease), so it is
+                        // closed the way every connection is, through its dispatcher.
+                        connection.Abort(new ConnectionAbortedException("The listener stopped before the connection was accepted."));
+                        _ = connection.DisposeAsync().AsTask();
                     }
                 }
             }
@@ -305,20 +325,90 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
     }
 
     /// <summary>
-    /// The accept dispatcher died: no accept can run again on this endpoint. Kestrel's next accept sees the
-    /// error (and logs it), and an unbind returns at once.
+    /// A dispatcher ended under this listener: the one that accepted failed (or stopped with this listener still
+    /// bound), or a work item of this listener came to one that had ended. The listen socket was only in that
+    /// dispatcher's kernel queue, not closed with it, so it moves to a surviving dispatcher where it can (see the
+    /// type's notes). Runs on the ended dispatcher's thread or the thread of a late work item.
     /// </summary>
-    void IOperationOwner.OnDispatcherFailed(Exception error)
+    void IOperationOwner.OnDispatcherFailed(Exception error, bool operationsMayBeLive)
     {
-        if (_acceptStopped.Task.IsCompleted)
+        lock (_moveGate)
         {
+            if (_acceptStopped.Task.IsCompleted)
+            {
+                return;
+            }
+
+            ProactorDispatcher current = _acceptDispatcher;
+            if (!current.HasEnded)
+            {
+                // A late work item (an unbind, a retry) for a dispatcher this listener has already left: redo its
+                // step on the one it is on now.
+                current.Schedule(static state => ((ProactorConnectionListener)state!).ResumeAfterMove(), this);
+                return;
+            }
+
+            _retryTimer?.Dispose();
+            _retryTimer = null;
+            ProactorDispatcher next = _backend.NextDispatcher();
+            bool canMove = current.HasFailed && !_unbinding && !next.HasEnded && !next.HasFailed && !next.StopRequested && next.CanTakeOverListener;
+            if (!canMove)
+            {
+                if (current.HasFailed && !_unbinding)
+                {
+                    ProactorLog.ListenerClosedAfterFailure(_logger, DisplayName);
+                }
+
+                // Stopping (an unbind or the transport's own stop) or nowhere to go: close the port. Kestrel's next
+                // accept sees the failure, or the end of accepting when this was a stop.
+                _listenSocket.Dispose();
+                if (current.HasFailed && !_unbinding)
+                {
+                    _accepted.Writer.TryComplete(new IOException($"The dispatcher that accepted on {DisplayName} stopped on an unrecoverable error.", error));
+                }
+                else
+                {
+                    _accepted.Writer.TryComplete();
+                }
+
+                _acceptStopped.TrySetResult();
+                return;
+            }
+
+            // The accept that was in flight ended with the kernel queue, as did any backend state for it (the ended
+            // dispatcher's teardown keeps what the kernel may still touch).
+            BackendState = null;
+            _retryDelayMs = 0;
+            _acceptDispatcher = next;
+            ProactorLog.ListenerMoved(_logger, DisplayName, next.Id);
+            next.Schedule(static state => ((ProactorConnectionListener)state!).StartOnDispatcher(), this);
+        }
+    }
+
+    /// <summary>On the accept dispatcher: what a work item lost on a dispatcher this listener has left would have done.</summary>
+    private void ResumeAfterMove()
+    {
+        if (_acceptStopHandled || !ReferenceEquals(_registeredOn, _acceptDispatcher))
+        {
+            // Not yet registered here: StartOnDispatcher, queued before this, arms or stops as needed.
             return;
         }
 
-        _retryTimer?.Dispose();
-        _listenSocket.Dispose();
-        _accepted.Writer.TryComplete(new IOException($"The dispatcher that accepted on {DisplayName} stopped on an unrecoverable error.", error));
-        _acceptStopped.TrySetResult();
+        if (_unbinding)
+        {
+            if (AcceptInFlight)
+            {
+                _acceptDispatcher.SubmitCancel(this, OperationKind.Accept);
+            }
+            else
+            {
+                StopAccepting();
+            }
+        }
+        else
+        {
+            ArmAccept();
+        }
     }
 
     void IOperationOwner.OnHandlerFault(OperationKind kind, bool operationEnded, Exception exception)

@@ -502,6 +502,14 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
         }
     }
 
+    /// <summary>
+    /// With DEFER_TASKRUN (6.1 and later), the work that finishes this ring's socket operations (copying received
+    /// bytes into our memory) runs only when this thread enters the ring; once the ring is closed, what is left is
+    /// cancelled instead of run. Other rings run that work at any return of this thread from the kernel (up to 6.0
+    /// even after the ring is closed) or on a polling thread, so their memory in use is kept instead.
+    /// </summary>
+    protected override bool TeardownEndsKernelAccess => _ring is { } ring && (ring.Flags & IORING_SETUP_DEFER_TASKRUN) != 0;
+
     protected override void Teardown()
     {
         Context.Metrics.Unregister(this);

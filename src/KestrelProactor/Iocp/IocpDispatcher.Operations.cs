@@ -13,6 +13,30 @@ internal sealed unsafe partial class IocpDispatcher
 {
     private static nint HandleOf(SafeHandle handle) => handle.DangerousGetHandle();
 
+    /// <summary>
+    /// A test hook: when it returns true for a dispatcher, setting skip-on-success fails there, as the call can
+    /// (a layered provider that is not an IFS one, for one).
+    /// </summary>
+    internal static Func<IocpDispatcher, bool>? TestFailCompletionModesHook { get; set; }
+
+    /// <summary>
+    /// Asks the port to queue no packet for this handle's operations that succeed at once. Where it fails, such an
+    /// operation still queues a packet: the submission must then treat an immediate success as pending and let the
+    /// packet complete it, or the operation would be handled twice and its reused OVERLAPPED would complete the
+    /// next one.
+    /// </summary>
+    private bool TrySkipPortOnSuccess(nint handle)
+    {
+        if (TestFailCompletionModesHook?.Invoke(this) == true)
+        {
+            return false;
+        }
+
+        return Kernel32.SetFileCompletionNotificationModes(handle, Kernel32.FILE_SKIP_COMPLETION_PORT_ON_SUCCESS | Kernel32.FILE_SKIP_SET_EVENT_ON_HANDLE);
+    }
+
+    private static bool SkipsPortOnSuccess(ProactorConnection connection) => connection.Socket is IocpSocketHandle { SkipsPortOnSuccess: true };
+
     // ---- accept ----
 
     public override void SubmitAccept(ProactorConnectionListener listener)
@@ -36,7 +60,7 @@ internal sealed unsafe partial class IocpDispatcher
                 return;
             }
 
-            Kernel32.SetFileCompletionNotificationModes(listenHandle, Kernel32.FILE_SKIP_COMPLETION_PORT_ON_SUCCESS | Kernel32.FILE_SKIP_SET_EVENT_ON_HANDLE);
+            operation.SkipsPortOnSuccess = TrySkipPortOnSuccess(listenHandle);
             operation.Associated = true;
         }
 
@@ -58,9 +82,14 @@ internal sealed unsafe partial class IocpDispatcher
         int error = Marshal.GetLastSystemError();
         if (accepted != 0)
         {
-            // A connection was waiting: no packet (skip-on-success).
-            SynchronousCompletions++;
-            Defer(operation, IoResult.Success(0));
+            if (operation.SkipsPortOnSuccess)
+            {
+                // A connection was waiting: no packet.
+                SynchronousCompletions++;
+                Defer(operation, IoResult.Success(0));
+            }
+
+            // Otherwise its packet completes it.
             return;
         }
 
@@ -110,7 +139,11 @@ internal sealed unsafe partial class IocpDispatcher
             throw new IocpException($"CreateIoCompletionPort failed for an accepted socket: Win32 error {error}", error);
         }
 
-        Kernel32.SetFileCompletionNotificationModes(handle, Kernel32.FILE_SKIP_COMPLETION_PORT_ON_SUCCESS | Kernel32.FILE_SKIP_SET_EVENT_ON_HANDLE);
+        if (socket is IocpSocketHandle iocpSocket)
+        {
+            iocpSocket.SkipsPortOnSuccess = TrySkipPortOnSuccess(handle);
+        }
+
         if (noDelay)
         {
             int one = 1;
@@ -167,6 +200,12 @@ internal sealed unsafe partial class IocpDispatcher
             int result = Winsock.WSARecv(HandleOf(connection.Socket), &header->Buffer, 1, &header->Bytes, &header->Flags, &header->Overlapped, 0);
             if (result == 0)
             {
+                if (!SkipsPortOnSuccess(connection))
+                {
+                    // Its packet completes it (a zero-byte one then issues the real receive, in CompleteReceive).
+                    return;
+                }
+
                 SynchronousCompletions++;
                 if (zeroByte)
                 {
@@ -245,6 +284,12 @@ internal sealed unsafe partial class IocpDispatcher
         int result = Winsock.WSASend(HandleOf(connection.Socket), block.Buffers, (uint)count, &header->Bytes, 0, &header->Overlapped, 0);
         if (result == 0)
         {
+            if (!SkipsPortOnSuccess(connection))
+            {
+                // Its packet completes it.
+                return;
+            }
+
             SynchronousCompletions++;
             Defer(operation, IoResult.Success((int)header->Bytes));
             return;

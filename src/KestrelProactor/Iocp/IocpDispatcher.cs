@@ -14,7 +14,8 @@ namespace KestrelProactor.Iocp;
 /// Sockets are set to skip the completion port on success: an operation that completes at once queues no packet.
 /// Its result is then handled from this dispatcher's local work queue, later in the same pass, never inside the
 /// caller's stack: the shared connection code submits from its handlers and does not expect a completion to run
-/// before the submission returns. Shutdown and close are plain synchronous calls delivered the same way, so every
+/// before the submission returns. Where the port refuses that mode for a socket, an immediate success of its
+/// operations is left to the packet it still queues, so each operation is completed once, by its own packet. Shutdown and close are plain synchronous calls delivered the same way, so every
 /// operation reaches the shared code through <see cref="ProactorDispatcher.DispatchCompletion"/> exactly once.
 /// </para>
 /// <para>
@@ -47,6 +48,9 @@ internal sealed unsafe partial class IocpDispatcher : ProactorDispatcher
     }
 
     public override string BackendName => "iocp";
+
+    /// <summary>A listen socket stays bound to the port of the dispatcher that first accepted on it.</summary>
+    public override bool CanTakeOverListener => false;
 
     /// <summary>Overlapped operations that succeeded at submission and so queued no packet (skip-on-success).</summary>
     public long SynchronousCompletions { get; private set; }

@@ -62,6 +62,9 @@ internal sealed unsafe class IocpOperation
     /// <summary>For an accept: the listen socket is associated with the dispatcher's port.</summary>
     public bool Associated { get; set; }
 
+    /// <summary>For an accept: the port skips the listen socket's accepts that succeed at once (see <see cref="IocpSocketHandle.SkipsPortOnSuccess"/>).</summary>
+    public bool SkipsPortOnSuccess { get; set; }
+
     /// <summary>For an accept: the socket AcceptEx fills, owned here until handed to the listener.</summary>
     public IocpSocketHandle? AcceptSocket { get; set; }
 

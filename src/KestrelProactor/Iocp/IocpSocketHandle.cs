@@ -20,5 +20,11 @@ internal sealed class IocpSocketHandle : SafeHandle
 
     public override bool IsInvalid => handle == Winsock.INVALID_SOCKET || handle == 0;
 
+    /// <summary>
+    /// The port skips this socket's operations that succeed at once (set when it is bound to its dispatcher's port).
+    /// When false, such an operation still queues a packet, and only that packet completes it.
+    /// </summary>
+    public bool SkipsPortOnSuccess { get; set; }
+
     protected override bool ReleaseHandle() => Winsock.closesocket(handle) == 0;
 }

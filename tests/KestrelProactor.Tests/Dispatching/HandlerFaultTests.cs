@@ -461,13 +461,14 @@ public class HandlerFaultTests
     }
 
     [Fact]
-    public async Task AcceptingDispatcherFails_KestrelSeesTheAcceptError_HostStops()
+    public async Task AcceptingDispatcherFails_ListenerMovesToASurvivor_NewConnectionsAreServed_HostStops()
     {
         var logs = new CountingLoggerProvider();
         WebApplication app = await StartAsync(TransportKind.Proactor, logs);
         try
         {
             string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+            int port = new Uri(url).Port;
             ProactorDispatcher[] dispatchers = Dispatchers(app);
             await WaitUntilAsync(() => dispatchers.Count(d => d.ConnectionCount > d.OpenConnections) == 1);
             ProactorDispatcher acceptor = dispatchers.Single(d => d.ConnectionCount > d.OpenConnections);
@@ -477,7 +478,7 @@ public class HandlerFaultTests
             {
                 // A connection wakes the acceptor; its next pass fails.
                 using var client = new Socket(SocketType.Stream, ProtocolType.Tcp);
-                await client.ConnectAsync(new IPEndPoint(IPAddress.Loopback, new Uri(url).Port)).DefaultTimeout();
+                await client.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port)).DefaultTimeout();
                 await WaitUntilAsync(() => acceptor.HasFailed);
             }
             finally
@@ -485,13 +486,32 @@ public class HandlerFaultTests
                 ProactorDispatcher.TestLoopHook = null;
             }
 
-            // The listener's accept fails with the reason, so Kestrel's accept loop ends and says so (Critical),
-            // instead of waiting for ever on an endpoint nothing accepts on.
-            await WaitUntilAsync(() => logs.Entries.Any(e => e.Category != CountingLoggerProvider.TransportCategory && e.Level == LogLevel.Critical));
             Assert.Equal(1, logs.Count(CountingLoggerProvider.DispatcherFailed));
+            if (OperatingSystem.IsWindows())
+            {
+                // A completion port cannot take over a listen socket bound to another port: the endpoint is closed
+                // rather than left bound with nobody accepting, and Kestrel's accept loop reports why (Critical).
+                await WaitUntilAsync(() => logs.Entries.Any(e => e.Category != CountingLoggerProvider.TransportCategory && e.Level == LogLevel.Critical));
+                using var late = new Socket(SocketType.Stream, ProtocolType.Tcp);
+                SocketException refused = await Assert.ThrowsAsync<SocketException>(() => late.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port)).DefaultTimeout());
+                Assert.Equal(SocketError.ConnectionRefused, refused.SocketErrorCode);
+                return;
+            }
+
+            // The listen socket moved to the surviving dispatcher: the endpoint is still served, and Kestrel's
+            // accept loop never saw an error.
+            for (int i = 0; i < 8; i++)
+            {
+                using var fresh = new HttpClient { Timeout = TestTimeouts.Default };
+                Assert.NotEqual(acceptor.Id.ToString(), await fresh.GetStringAsync(url + "/dispatcher").DefaultTimeout());
+            }
+
+            Assert.Equal(1, logs.Count(ListenerMoved));
+            Assert.DoesNotContain(logs.Entries, e => e.Category != CountingLoggerProvider.TransportCategory && e.Level == LogLevel.Critical);
         }
         finally
         {
+            // The moved listener unbinds from its new dispatcher.
             await StopAndDisposeAsync(app);
         }
     }
@@ -523,6 +543,9 @@ public class HandlerFaultTests
         Assert.Equal(TransportFactories.ExpectedBackend, await fresh.GetStringAsync(url + "/backend").DefaultTimeout());
         Assert.Equal(0, logs.Count(CountingLoggerProvider.CompletionHandlerFault) + logs.Count(CountingLoggerProvider.DispatcherFailed));
     }
+
+    /// <summary>ProactorLog's event for a listener that moved off a failed dispatcher.</summary>
+    private const int ListenerMoved = 42;
 
     /// <summary>
     /// The kinds a theory runs here, each once. IOCP accepts and receives are always single-shot into pipe memory,

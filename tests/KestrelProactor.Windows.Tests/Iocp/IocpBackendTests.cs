@@ -46,6 +46,47 @@ public sealed class IocpBackendTests
     }
 
     [Fact]
+    public async Task CompletionModesRefused_ImmediateSuccessesWaitForTheirPackets_EachOperationCompletesOnce()
+    {
+        SkipUnlessWindows();
+        // Setting skip-on-success fails for this harness's sockets (listen socket included): an operation that
+        // succeeds at once then still queues a packet, which alone must complete it.
+        ProactorTransportOptions? options = null;
+        IocpDispatcher.TestFailCompletionModesHook = d => ReferenceEquals(d.Options, options);
+        try
+        {
+            await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o => options = o);
+            IocpDispatcher[] dispatchers = IocpTestServer.Dispatchers(harness);
+            // Clients queued before their accepts run: AcceptEx finds them waiting and succeeds at once.
+            Socket[] clients = await Task.WhenAll(Enumerable.Range(0, 4).Select(_ => harness.ConnectAsync()));
+            var echoes = new List<Task>();
+            for (int i = 0; i < clients.Length; i++)
+            {
+                echoes.Add(ServerPipes.EchoAsync(await harness.AcceptAsync()));
+            }
+
+            // Act: data already waiting makes receives succeed at once; sends to an idle peer do too.
+            byte[][] payloads = [.. Enumerable.Range(0, clients.Length).Select(i => RawClient.CreatePayload(256 * 1024, seed: i))];
+            byte[][] echoed = await Task.WhenAll(clients.Select((c, i) => RawClient.ExchangeAsync(c, payloads[i])));
+            await Task.WhenAll(echoes).DefaultTimeout();
+
+            // Assert: every byte came back in order, no packet arrived for an operation already completed (a second
+            // completion of one operation), and none was taken as done without its packet.
+            for (int i = 0; i < clients.Length; i++)
+            {
+                Assert.Equal(RawClient.Hash(payloads[i]), RawClient.Hash(echoed[i]));
+            }
+
+            Assert.Equal(0, dispatchers.Sum(d => d.StaleCompletions));
+            Assert.Equal(0, dispatchers.Sum(d => d.SynchronousCompletions));
+        }
+        finally
+        {
+            IocpDispatcher.TestFailCompletionModesHook = null;
+        }
+    }
+
+    [Fact]
     public async Task Abort_IdleConnection_CancelsTheZeroByteReceiveWithCancelIoExAndSendsRst()
     {
         SkipUnlessWindows();

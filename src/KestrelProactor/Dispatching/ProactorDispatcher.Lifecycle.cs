@@ -1,0 +1,276 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using KestrelProactor.Internal;
+using Microsoft.AspNetCore.Connections;
+
+namespace KestrelProactor.Dispatching;
+
+/// <summary>
+/// How a dispatcher ends, and what it releases then.
+/// <para>
+/// The loop ends in one of three ways: a stop finds every owner gone; a stop's deadline passes with owners still
+/// in the table; or the loop throws (a ring error: the dispatcher has failed). In each case the dispatcher thread
+/// then, in this order: closes its kernel queue (<see cref="Teardown"/>), releases every owner still in the table,
+/// then publishes the end, from which point a <see cref="Schedule"/> from any thread releases the owner of its
+/// work item itself instead of queueing it. Nothing is released before the kernel queue is closed: an owner
+/// released earlier would close its descriptor and give its pipe memory back while an operation in the queue may
+/// still write into that memory.
+/// </para>
+/// <para>
+/// Closing the queue is not always the end of the kernel's access. An owner whose operations are still counted in
+/// flight is released with <c>operationsMayBeLive</c> unless the backend says teardown ends every access
+/// (<see cref="TeardownEndsKernelAccess"/>); it then keeps what those operations point at out of the pool for good
+/// (<see cref="KeepForKernel"/>, logged) rather than free memory the kernel may still write.
+/// </para>
+/// <para>
+/// The memory pool is disposed once nothing can use it: after the dispatcher has ended and every connection made
+/// on it has been disposed (each holds a lease, see <see cref="TryAcquirePoolLease"/>).
+/// </para>
+/// </summary>
+internal abstract partial class ProactorDispatcher
+{
+    /// <summary>How long a stop waits for the owners to close before it releases those that are left.</summary>
+    public static readonly TimeSpan StopTimeout = TimeSpan.FromSeconds(5);
+
+    /// <summary>Memory the kernel may still use after its dispatcher ended: rooted for the life of the process.</summary>
+    private static readonly ConcurrentQueue<object> s_keptForKernel = new();
+
+    private readonly bool _ownsPool;
+
+    /// <summary>One for the dispatcher until it has ended, one per connection until it is disposed.</summary>
+    private int _poolLeases = 1;
+    private int _ownLeaseReleased;
+    private volatile Exception? _failure;
+    private volatile bool _ended;
+    private volatile Exception? _endedWith;
+
+    /// <summary>True once the loop has stopped on an unrecoverable error; its owners have been released.</summary>
+    public bool HasFailed => _failure is not null;
+
+    /// <summary>True once the loop is over and its kernel queue closed (stopped or failed): nothing runs here any more.</summary>
+    public bool HasEnded => _ended;
+
+    /// <summary>True once a stop was asked for.</summary>
+    internal bool StopRequested => _stopRequested;
+
+    /// <summary>When the stop was asked for (<see cref="Stopwatch"/> ticks; for tests).</summary>
+    internal long StopRequestedTimestamp { get; private set; }
+
+    /// <summary>When the loop ended (<see cref="Stopwatch"/> ticks; for tests).</summary>
+    internal long EndedTimestamp { get; private set; }
+
+    /// <summary>True once the pool this dispatcher took has been disposed (or was never its own to dispose).</summary>
+    internal bool PoolReleased => Volatile.Read(ref _poolLeases) == 0;
+
+    /// <summary>Objects kept alive because the kernel may still use their memory (for tests).</summary>
+    internal static int KeptForKernelCount => s_keptForKernel.Count;
+
+    /// <summary>
+    /// A test hook: runs on the dispatcher thread once its loop has ended (stopped or failed), before its kernel
+    /// queue is closed.
+    /// </summary>
+    internal static Action<ProactorDispatcher>? TestTeardownHook { get; set; }
+
+    /// <summary>
+    /// Whether closing the kernel queue (<see cref="Teardown"/>) ends every access of the kernel to the memory of
+    /// operations still in flight. When false, the memory of an owner whose operations had not completed is kept
+    /// out of the pool for good instead of freed.
+    /// </summary>
+    protected virtual bool TeardownEndsKernelAccess => false;
+
+    /// <summary>
+    /// Asks the loop to end once its owners are gone (or after <see cref="StopTimeout"/>), and waits until it has
+    /// ended and released what was left.
+    /// </summary>
+    public async Task StopAsync()
+    {
+        if (_thread is null)
+        {
+            ReleaseOwnLease();
+            return;
+        }
+
+        if (!_stopRequested)
+        {
+            StopRequestedTimestamp = Stopwatch.GetTimestamp();
+            _stopRequested = true;
+        }
+
+        Wake();
+        await _stopped.Task.ConfigureAwait(false);
+    }
+
+    private void ThreadMain()
+    {
+        try
+        {
+            Initialize();
+            // Known once the backend is set up: whether its waits can be shorter than a millisecond.
+            TimeSpan delay = Options.OutputCoalescingDelay;
+            _outputCoalescingTicks = SupportsShortWaits && delay > TimeSpan.Zero
+                ? Math.Max(1, (long)(delay.TotalSeconds * Stopwatch.Frequency))
+                : 0;
+        }
+        catch (Exception ex)
+        {
+            // Nothing was registered; the backend released what it had set up.
+            _ended = true;
+            _endedWith = ex;
+            _started.TrySetException(ex);
+            ReleaseOwnLease();
+            _stopped.TrySetResult();
+            return;
+        }
+
+        _started.TrySetResult();
+        Exception? failure = null;
+        try
+        {
+            RunLoop();
+        }
+        catch (Exception ex)
+        {
+            ProactorLog.DispatcherFailed(Logger, Id, ex);
+            failure = ex;
+        }
+
+        End(failure);
+    }
+
+    /// <summary>Dispatcher thread, once the loop is over: close the kernel queue, then release what is left (see the type's notes).</summary>
+    private void End(Exception? failure)
+    {
+        Exception reason = failure ?? new ConnectionAbortedException("The transport stopped before this connection closed.");
+        bool tornDown = false;
+        TestTeardownHook?.Invoke(this);
+        try
+        {
+            Teardown();
+            tornDown = true;
+        }
+        catch (Exception ex)
+        {
+            // The queue may still be open: every operation still counted in flight keeps its memory.
+            ProactorLog.WorkItemFault(Logger, Id, ex);
+        }
+
+        _ended = true;
+        EndedTimestamp = Stopwatch.GetTimestamp();
+        if (failure is not null)
+        {
+            _failure = failure;
+        }
+
+        // Before the end is published: until then no other thread releases an owner of this dispatcher, so each
+        // owner in the table is released here, with what its operations may still hold.
+        bool kernelDone = tornDown && TeardownEndsKernelAccess;
+        var owners = new List<IOperationOwner>();
+        Table.CopyOwners(owners);
+        foreach (IOperationOwner owner in owners)
+        {
+            ReleaseOwner(owner, reason, operationsMayBeLive: !kernelDone && Table.InFlightOf(owner) != 0);
+        }
+
+        DrainLocalWork(reason);
+        _endedWith = reason;
+        // Pairs with Schedule's enqueue-then-check: either this drain sees an item or its producer sees the end.
+        Interlocked.MemoryBarrier();
+        DrainLocalWork(reason);
+        DrainAfterEnd();
+        ReleaseOwnLease();
+        _stopped.TrySetResult();
+    }
+
+    /// <summary>Work queued on this thread that never ran: the owners it was for (a connection about to start) are released.</summary>
+    private void DrainLocalWork(Exception reason)
+    {
+        while (_localWork.TryDequeue(out var item))
+        {
+            if (item.State is IOperationOwner owner)
+            {
+                ReleaseOwner(owner, reason, operationsMayBeLive: false);
+            }
+        }
+    }
+
+    /// <summary>Any thread, after the end: work that can no longer run releases the owner it was for.</summary>
+    private void DrainAfterEnd()
+    {
+        while (_remoteWork.TryDequeue(out var item))
+        {
+            if (item.State is IOperationOwner owner)
+            {
+                // An owner with operations was in the table and has been released already (releases are idempotent):
+                // one only queued here has nothing in flight.
+                ReleaseOwner(owner, _endedWith!, operationsMayBeLive: false);
+            }
+        }
+    }
+
+    private void ReleaseOwner(IOperationOwner owner, Exception reason, bool operationsMayBeLive)
+    {
+        try
+        {
+            owner.OnDispatcherFailed(reason, operationsMayBeLive);
+        }
+        catch (Exception ex)
+        {
+            ProactorLog.WorkItemFault(Logger, Id, ex);
+        }
+    }
+
+    /// <summary>
+    /// Keeps <paramref name="holder"/> (and the memory it holds) alive for the life of the process: the kernel may
+    /// still write into that memory after this dispatcher ended, so it must never go back to a pool or the GC.
+    /// </summary>
+    public void KeepForKernel(object holder, string ownerName)
+    {
+        s_keptForKernel.Enqueue(holder);
+        ProactorLog.MemoryKeptForKernel(Logger, Id, ownerName);
+    }
+
+    /// <summary>
+    /// Takes a lease on <see cref="MemoryPool"/> for a connection, released by <see cref="ReleasePoolLease"/> once its
+    /// pipes are done. False when the pool is already released (a connection made after this dispatcher ended).
+    /// </summary>
+    public bool TryAcquirePoolLease()
+    {
+        int leases = Volatile.Read(ref _poolLeases);
+        while (leases != 0)
+        {
+            int seen = Interlocked.CompareExchange(ref _poolLeases, leases + 1, leases);
+            if (seen == leases)
+            {
+                return true;
+            }
+
+            leases = seen;
+        }
+
+        return false;
+    }
+
+    /// <summary>Gives back a lease; the last one disposes the pool, when it is this transport's.</summary>
+    public void ReleasePoolLease()
+    {
+        if (Interlocked.Decrement(ref _poolLeases) == 0 && _ownsPool)
+        {
+            try
+            {
+                MemoryPool.Dispose();
+            }
+            catch (Exception ex)
+            {
+                ProactorLog.WorkItemFault(Logger, Id, ex);
+            }
+        }
+    }
+
+    private void ReleaseOwnLease()
+    {
+        if (Interlocked.Exchange(ref _ownLeaseReleased, 1) == 0)
+        {
+            ReleasePoolLease();
+        }
+    }
+}
