@@ -263,9 +263,9 @@ put "$proj/Sockets.FunctionalTests/ProactorHarness.cs" <<'EOF'
 // behaviour:
 // - no fallback: a host whose proactor cannot start fails; once every hosted service has started (Kestrel has
 //   bound), a check fails the host unless the backend is io_uring, and records it in KSUITE_TALLY;
-// - the tests configure SocketTransportOptions: options the proactor has under the same name and type
-//   (FinOnError) are copied to ProactorTransportOptions, found by reflection so that a proactor without them
-//   still builds;
+// - the tests configure SocketTransportOptions: options the proactor has under the same name and type (or its
+//   nullable form) (FinOnError) are copied to ProactorTransportOptions, found by reflection so that a proactor
+//   without them still builds;
 // - the tests watch the socket transport's logger category and event ids: a proactor event whose name the
 //   socket transport also logs is written under that category with the socket transport's id; its level, message
 //   and moment stay the proactor's. Events the socket transport has no twin for keep the proactor's category.
@@ -317,7 +317,8 @@ public static class ProactorHarness
                     {
                         // FinOnError is internal in SocketTransportOptions (the tests reach it through InternalsVisibleTo).
                         var source = typeof(SocketTransportOptions).GetProperty(property.Name, BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance);
-                        if (source is not null && source.PropertyType == property.PropertyType)
+                        if (source is not null && (source.PropertyType == property.PropertyType
+                                                   || source.PropertyType == Nullable.GetUnderlyingType(property.PropertyType)))
                         {
                             var value = source.GetValue(socketOptions);
                             property.SetValue(options, value);
@@ -518,11 +519,12 @@ run_mode() { # run_mode MODE
   echo "kestrel-suite: running with the $mode transport ($parallel test classes at once)"
   local start=$SECONDS
   rm -rf "$build/logs" "$results"/*-*-*-*-*/
+  local status=0
   KSUITE_TRANSPORT=$mode KSUITE_TALLY=$results/$mode.tally \
     dotnet test "$test_dll" "${filter_args[@]}" --logger "trx;LogFileName=$mode.trx" --results-directory "$results" \
-      --blame-hang-timeout 10m -- "xUnit.MaxParallelThreads=$parallel" >"$results/$mode.log" 2>&1 || true
+      --blame-hang-timeout 10m -- "xUnit.MaxParallelThreads=$parallel" >"$results/$mode.log" 2>&1 || status=$?
   rm -rf "$results/$mode-logs" && { [ ! -d "$build/logs" ] || mv "$build/logs" "$results/$mode-logs"; }
-  [ -f "$trx" ] || { tail -30 "$results/$mode.log"; die "the $mode run wrote no results ($results/$mode.log)"; }
+  [ -f "$trx" ] || { grep -v '^ |' "$results/$mode.log" | tail -15; die "the $mode run wrote no results (dotnet test exited with $status; $results/$mode.log)"; }
   [ "$mode" != sockets ] || cp "$trx" "$results/sockets-$sockets_key.trx"
   echo "kestrel-suite: $mode run took $((SECONDS - start)) s"
 }
