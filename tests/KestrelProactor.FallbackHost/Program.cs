@@ -3,13 +3,16 @@
 //   --no-fallback                        AllowSocketTransportFallback = false
 //   --probe                              only report what io_uring_setup returns, then exit
 // Prints one line "FALLBACKHOST READY url=<url> backend=<ActiveBackend> reason=<FallbackReason>" once it serves,
-// and stops when standard input closes or after 60 seconds.
+// and stops when standard input closes or after 60 seconds. GET /healthz answers with the transport's health check:
+// "<status>: <description>".
 using System.Net;
 using KestrelProactor;
 using KestrelProactor.FallbackHost;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Diagnostics.HealthChecks;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
 
 string? deny = null;
 bool noFallback = false;
@@ -50,9 +53,18 @@ builder.Logging.AddSimpleConsole(o => o.SingleLine = true);
 builder.Logging.SetMinimumLevel(LogLevel.Information);
 builder.WebHost.UseKestrel(k => k.Listen(IPAddress.Loopback, 0));
 builder.WebHost.UseProactorTransport(o => o.AllowSocketTransportFallback = !noFallback);
+builder.Services.AddHealthChecks().AddProactorTransport();
 
 var app = builder.Build();
 app.MapGet("/", () => "ok");
+app.MapHealthChecks("/healthz", new HealthCheckOptions
+{
+    ResponseWriter = static (context, report) =>
+    {
+        HealthReportEntry entry = report.Entries[ProactorHealthChecksBuilderExtensions.DefaultName];
+        return context.Response.WriteAsync($"{entry.Status}: {entry.Description}");
+    },
+});
 
 try
 {

@@ -202,13 +202,7 @@ internal sealed unsafe class IoUringRing : IDisposable
         }
     }
 
-    private static string Explain(int errno) => errno switch
-    {
-        Errno.EPERM => " (denied by a seccomp filter or kernel.io_uring_disabled)",
-        Errno.ENOSYS => " (the kernel has no io_uring)",
-        Errno.ENOMEM => " (locked memory limit too low)",
-        _ => string.Empty,
-    };
+    private static string Explain(int errno) => IoUringSetupDiagnosis.Explain(errno);
 
     public static string SetupFlagName(uint flag) => flag switch
     {
