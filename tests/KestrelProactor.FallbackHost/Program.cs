@@ -1,5 +1,7 @@
 // A web host for the fallback tests, run as a child process. Arguments:
 //   --deny-io-uring EPERM|ENOSYS|EACCES   deny io_uring to this process with a seccomp filter before anything else
+//   --seccomp-profile PATH               run under a container seccomp profile (JSON), compiled into a filter
+//   --drop-syscalls a,b,c                leave these names out of that profile (what a runtime's default does)
 //   --no-fallback                        AllowSocketTransportFallback = false
 //   --probe                              only report what io_uring_setup returns, then exit
 // Prints one line "FALLBACKHOST READY url=<url> backend=<ActiveBackend> reason=<FallbackReason>" once it serves,
@@ -15,6 +17,8 @@ using Microsoft.AspNetCore.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
 
 string? deny = null;
+string? profile = null;
+var dropped = new HashSet<string>(StringComparer.Ordinal);
 bool noFallback = false;
 bool probeOnly = false;
 for (int i = 0; i < args.Length; i++)
@@ -23,6 +27,12 @@ for (int i = 0; i < args.Length; i++)
     {
         case "--deny-io-uring" when i + 1 < args.Length:
             deny = args[++i];
+            break;
+        case "--seccomp-profile" when i + 1 < args.Length:
+            profile = args[++i];
+            break;
+        case "--drop-syscalls" when i + 1 < args.Length:
+            dropped.UnionWith(args[++i].Split(',', StringSplitOptions.RemoveEmptyEntries));
             break;
         case "--no-fallback":
             noFallback = true;
@@ -39,6 +49,11 @@ for (int i = 0; i < args.Length; i++)
 if (deny is not null)
 {
     IoUringDenial.Install(IoUringDenial.ParseErrno(deny));
+}
+
+if (profile is not null)
+{
+    SeccompProfile.Install(profile, dropped);
 }
 
 if (probeOnly)
