@@ -1,3 +1,4 @@
+using System.Diagnostics.Metrics;
 using System.Net;
 using KestrelProactor.Dispatching;
 using KestrelProactor.Tests.Infrastructure;
@@ -76,6 +77,9 @@ public sealed class HealthCheckTests
             Assert.Contains("1 of 2 still serve", entry.Description);
             Assert.Equal("injected ring failure", entry.Exception?.Message);
             Assert.Equal(1, entry.Data["failed"]);
+
+            // The meter counts it too (the failed loop's teardown reports it, just after HasFailed turns true).
+            await WaitUntilAsync(() => DispatcherFailures(app) == 1);
         }
         finally
         {
@@ -112,6 +116,26 @@ public sealed class HealthCheckTests
         app.MapHealthChecks("/healthz");
         await app.StartAsync().DefaultTimeout();
         return app;
+    }
+
+    /// <summary>The host's own <c>kestrel.proactor.dispatcher_failures</c>, read as a metrics exporter would.</summary>
+    private static long DispatcherFailures(WebApplication app)
+    {
+        var scope = app.Services.GetRequiredService<IMeterFactory>();
+        long total = 0;
+        using var listener = new MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Name == "KestrelProactor" && ReferenceEquals(instrument.Meter.Scope, scope) &&
+                instrument.Name == "kestrel.proactor.dispatcher_failures")
+            {
+                l.EnableMeasurementEvents(instrument);
+            }
+        };
+        listener.SetMeasurementEventCallback<long>((_, value, _, _) => total += value);
+        listener.Start();
+        listener.RecordObservableInstruments();
+        return total;
     }
 
     private static Task<HealthReport> CheckAsync(WebApplication app)
