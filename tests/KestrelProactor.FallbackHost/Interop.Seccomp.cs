@@ -22,10 +22,12 @@ internal static unsafe partial class Interop
         public const ushort BPF_LD_W_ABS = 0x00 | 0x00 | 0x20;
         public const ushort BPF_JMP_JEQ_K = 0x05 | 0x10 | 0x00;
         public const ushort BPF_RET_K = 0x06 | 0x00;
+        public const ushort BPF_ALU_AND_K = 0x04 | 0x50 | 0x00;
 
         // Offsets into struct seccomp_data.
         public const uint SeccompDataNr = 0;
         public const uint SeccompDataArch = 4;
+        public const uint SeccompDataArgs = 16; // u64 args[6]; the low half of each comes first (little endian)
 
         [StructLayout(LayoutKind.Sequential, Size = 8)]
         public struct sock_filter

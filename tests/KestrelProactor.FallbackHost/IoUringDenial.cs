@@ -39,7 +39,13 @@ internal static unsafe class IoUringDenial
             /* 8 */ new(BPF_RET_K, 0, 0, deny),
         };
 
-        var fprog = new sock_fprog { len = 9, filter = program };
+        InstallFilter(program, 9);
+    }
+
+    /// <summary>Installs a classic BPF seccomp program for every thread of the process.</summary>
+    public static void InstallFilter(sock_filter* program, int length)
+    {
+        var fprog = new sock_fprog { len = checked((ushort)length), filter = program };
 
         // Without NO_NEW_PRIVS an unprivileged process may not install a filter.
         if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)

@@ -474,4 +474,7 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     /// true with a null endpoint for an unnamed Unix socket.
     /// </summary>
     public abstract bool TryGetEndPoint(SafeHandle socket, bool local, out EndPoint? endPoint);
+
+    /// <summary>Why the loop stopped, once <see cref="HasFailed"/>; null while it runs (for the health check).</summary>
+    public Exception? LoopFailure => _failure;
 }

@@ -15,6 +15,7 @@ internal sealed class ProactorMetrics : IDisposable
     private readonly bool _ownsMeter;
     private readonly List<ProactorDispatcher> _dispatchers = new();
     private readonly Lock _gate = new();
+    private long _dispatcherFailures;
 
     public ProactorMetrics(IMeterFactory? meterFactory)
     {
@@ -44,6 +45,8 @@ internal sealed class ProactorMetrics : IDisposable
             "kestrel.proactor.receive_buffers_lent", () => Sum(static d => d.ReceiveBuffersLent), "{buffer}", "Receive buffers handed out by the buffer rings and not yet returned.");
         _meter.CreateObservableUpDownCounter(
             "kestrel.proactor.connections", () => Sum(static d => d.OpenConnections), "{connection}", "Connections owned by the dispatchers (listeners not counted).");
+        _meter.CreateObservableCounter(
+            "kestrel.proactor.dispatcher_failures", () => Volatile.Read(ref _dispatcherFailures), "{failure}", "Dispatchers whose loop stopped on an unrecoverable error; the connections they owned were dropped.");
     }
 
     public Histogram<int> CompletionsPerWake { get; }
@@ -64,11 +67,17 @@ internal sealed class ProactorMetrics : IDisposable
         }
     }
 
+    /// <summary>Called by a dispatcher's teardown; a failed loop has recorded its failure by then, and is counted.</summary>
     public void Unregister(ProactorDispatcher dispatcher)
     {
         lock (_gate)
         {
             _dispatchers.Remove(dispatcher);
+        }
+
+        if (dispatcher.HasFailed)
+        {
+            Interlocked.Increment(ref _dispatcherFailures);
         }
     }
 

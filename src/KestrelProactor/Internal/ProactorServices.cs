@@ -31,6 +31,21 @@ internal static class ProactorServices
         {
             // A misspelt key would otherwise be ignored without a word; fail the start naming it instead.
             options.Bind(configuration, static binder => binder.ErrorOnUnknownConfiguration = true);
+
+            // The generated binder (reflection-free, so NativeAOT keeps it) skips an empty value where the reflection
+            // binder set a nullable option to null; "MaxWriteBufferSize=" means unbounded, as documented.
+            options.Configure(o =>
+            {
+                if (configuration[nameof(ProactorTransportOptions.MaxReadBufferSize)] == string.Empty)
+                {
+                    o.MaxReadBufferSize = null;
+                }
+
+                if (configuration[nameof(ProactorTransportOptions.MaxWriteBufferSize)] == string.Empty)
+                {
+                    o.MaxWriteBufferSize = null;
+                }
+            });
         }
 
         if (configureOptions is not null)

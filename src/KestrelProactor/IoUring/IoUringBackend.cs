@@ -43,9 +43,11 @@ internal sealed class IoUringBackend : ProactorBackend
                     tasks[i].GetAwaiter().GetResult();
                     started.Add(dispatchers[i]);
                 }
-                catch (Exception ex) when (exception is null)
+                catch (Exception ex)
                 {
-                    exception = ex;
+                    // The first failure is the reason; the others (usually the same) must not escape to the outer
+                    // catch, which would prefix the reason again and leave the dispatchers that started running.
+                    exception ??= ex;
                 }
             }
 

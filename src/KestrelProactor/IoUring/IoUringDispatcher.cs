@@ -209,6 +209,15 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
             FeaturesInUse.Add("SUBMIT_ALL");
         }
 
+        if (ring.IsRestricted)
+        {
+            FeaturesInUse.Add($"restricted({ring.RestrictedOperationCount} opcodes)");
+        }
+        else
+        {
+            RefusedFeatures.Add($"RESTRICTIONS ({ring.RestrictionsRefused})");
+        }
+
         if (ring.TryRegisterRingFd())
         {
             FeaturesInUse.Add("registered-ring-fd");

@@ -18,7 +18,7 @@ namespace KestrelProactor.IoUring;
 /// fence, the flag is read; a set flag means the next enter carries <c>IORING_ENTER_SQ_WAKEUP</c>.</item>
 /// </list>
 /// </summary>
-internal sealed unsafe class IoUringRing : IDisposable
+internal sealed unsafe partial class IoUringRing : IDisposable
 {
     private readonly SafeFileDescriptorHandle _ringFd;
     private readonly SafeMappedRegionHandle _sqRing;
@@ -161,7 +161,8 @@ internal sealed unsafe class IoUringRing : IDisposable
     /// </summary>
     public static IoUringRing Create(uint sqEntries, uint cqEntries, uint[] optionalFlagsInDropOrder, List<string> refused, uint sqThreadIdleMilliseconds = 0)
     {
-        uint flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
+        // Set up disabled, so it can be restricted before its first enter (IoUringRing.Restrictions.cs).
+        uint flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_R_DISABLED;
         foreach (uint flag in optionalFlagsInDropOrder)
         {
             flags |= flag;
@@ -178,12 +179,16 @@ internal sealed unsafe class IoUringRing : IDisposable
             if (fd >= 0)
             {
                 var handle = new SafeFileDescriptorHandle(fd);
+                IoUringRing? ring = null;
                 try
                 {
-                    return new IoUringRing(handle, p);
+                    ring = new IoUringRing(handle, p);
+                    ring.RestrictAndEnable();
+                    return ring;
                 }
                 catch
                 {
+                    ring?.Dispose();
                     handle.Dispose();
                     throw;
                 }
@@ -198,17 +203,18 @@ internal sealed unsafe class IoUringRing : IDisposable
                 continue;
             }
 
+            if (errno == Errno.EINVAL && (flags & IORING_SETUP_R_DISABLED) != 0)
+            {
+                // Before 5.10: no restrictions; the ring runs unrestricted and the start-up line says so.
+                flags &= ~IORING_SETUP_R_DISABLED;
+                continue;
+            }
+
             throw new IoUringException($"io_uring_setup failed: {Errno.Name(errno)}{Explain(errno)}", errno);
         }
     }
 
-    private static string Explain(int errno) => errno switch
-    {
-        Errno.EPERM => " (denied by a seccomp filter or kernel.io_uring_disabled)",
-        Errno.ENOSYS => " (the kernel has no io_uring)",
-        Errno.ENOMEM => " (locked memory limit too low)",
-        _ => string.Empty,
-    };
+    private static string Explain(int errno) => IoUringSetupDiagnosis.Explain(errno);
 
     public static string SetupFlagName(uint flag) => flag switch
     {

@@ -21,6 +21,7 @@ namespace KestrelProactor.Tests.Dispatching;
 /// A completion handler that throws must cost one connection, never the dispatcher or the process. The Windows
 /// project links this file, so the faults are injected over IOCP as well as io_uring.
 /// </summary>
+[Collection(DispatcherHookCollection.Name)]
 public class HandlerFaultTests
 {
     public static TheoryData<TransportKind> OutputContinuationKinds => KindsHere(TransportKind.Proactor, TransportKind.ProactorInline, TransportKind.ProactorBasicTier);
