@@ -143,8 +143,10 @@ internal sealed partial class ProactorConnection : ConnectionContext,
     /// <summary>Hands the connection to its dispatcher: from now on it receives and sends.</summary>
     public void Start()
     {
+        // A full fence (pairs with Abort's exchange of the reason): see Abort.
         if (Interlocked.Exchange(ref _started, 1) == 0)
         {
+            TestStartHook?.Invoke(this);
             Dispatcher.Schedule(static state => ((ProactorConnection)state!).StartOnDispatcher(), this);
         }
     }
@@ -152,8 +154,11 @@ internal sealed partial class ProactorConnection : ConnectionContext,
     private void StartOnDispatcher()
     {
         Dispatcher.Register(this);
-        if (Volatile.Read(ref _abortRequested) != 0)
+        _registered = true;
+        if (Volatile.Read(ref _abortReason) is not null)
         {
+            // Aborted before it started, or between Start's publication and this: the abort scheduled then (if any)
+            // found the connection unregistered and left it to this.
             AbortOnDispatcher();
             return;
         }
