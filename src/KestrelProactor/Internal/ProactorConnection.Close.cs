@@ -143,7 +143,7 @@ internal sealed partial class ProactorConnection
 
         if (!_closeSubmitted)
         {
-            if (_receiveActive || _sendActive || _shutdownActive || !_outputEnded || _outputReadPending)
+            if (_receiveActive || _sendActive || _shutdownActive || !_outputEnded || _outputReadPending || !TryRetireApplicationViews())
             {
                 return;
             }
@@ -195,8 +195,10 @@ internal sealed partial class ProactorConnection
         }
 
         _finished = true;
-        // The descriptor first, so the kernel ends whatever operation still points into pipe memory before the pipes give
-        // that memory back. One already handed to a close operation is not ours to close again.
+        // The application's views of the descriptor first (they wait for a call in progress on them), then the
+        // descriptor, so the kernel ends whatever operation still points into pipe memory before the pipes give that
+        // memory back. One already handed to a close operation is not ours to close again.
+        RetireApplicationViewsNow();
         if (!Socket.IsClosed)
         {
             Socket.Dispose();
