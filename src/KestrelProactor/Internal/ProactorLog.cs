@@ -63,4 +63,7 @@ internal static partial class ProactorLog
 
     [LoggerMessage(17, LogLevel.Debug, "Connection {ConnectionId} resumed receiving.", EventName = "ConnectionResume")]
     public static partial void ConnectionResume(ILogger logger, string connectionId);
+
+    [LoggerMessage(EventId = 18, EventName = "SocketTransportReplaced", Message = "The KestrelProactor hosting startup (ASPNETCORE_HOSTINGSTARTUPASSEMBLIES) serves Kestrel's endpoints with the proactor transport in place of the socket transport the application registered; remove it from that list to keep the socket transport. {Consequence}")]
+    public static partial void SocketTransportReplaced(ILogger logger, LogLevel level, string consequence);
 }
