@@ -7,6 +7,10 @@ namespace KestrelProactor;
 /// </summary>
 public sealed class ProactorTransportOptions
 {
+    // Kestrel's switch, read by its socket transport too.
+    private static readonly bool s_finOnErrorSwitch =
+        AppContext.TryGetSwitch("Microsoft.AspNetCore.Server.Kestrel.FinOnError", out bool finOnError) && finOnError;
+
     /// <summary>
     /// The configuration section the hosting startup binds these options from: <c>"Kestrel:Proactor"</c>, so
     /// <c>appsettings.json</c> holds them under <c>"Kestrel": { "Proactor": { ... } }</c> and environment variables
@@ -78,6 +82,21 @@ public sealed class ProactorTransportOptions
     /// </summary>
     /// <remarks>Defaults to <c>false</c>.</remarks>
     public bool UnsafePreferInlineScheduling { get; set; }
+
+    /// <summary>
+    /// Whether a connection aborted with a reason ends with FIN instead of RST. Kestrel aborts with a reason when
+    /// it gives up on a connection: a protocol error, a timeout, a response that does not satisfy the minimum data
+    /// rate, the host's stop. By default such a connection is reset (RST: the kernel drops what is still unsent,
+    /// and the peer's next read fails); with this option it is shut down gracefully (FIN: what was already sent
+    /// still arrives, and the peer reads end-of-stream), as with Kestrel's socket transport under the same switch.
+    /// An abort without a reason, Kestrel's way of saying that the client closed gracefully, always ends with FIN.
+    /// Either way the event is logged at Debug: <c>ConnectionWriteRst</c> or <c>ConnectionWriteFin</c>.
+    /// </summary>
+    /// <remarks>
+    /// Defaults to the AppContext switch <c>Microsoft.AspNetCore.Server.Kestrel.FinOnError</c> (<c>false</c> when it
+    /// is not set), the switch Kestrel's socket transport reads.
+    /// </remarks>
+    public bool FinOnError { get; set; } = s_finOnErrorSwitch;
 
     /// <summary>
     /// When <c>true</c> (the default), a bind that cannot use the native proactor backend (io_uring disabled or

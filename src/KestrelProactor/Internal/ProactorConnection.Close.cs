@@ -5,12 +5,25 @@ namespace KestrelProactor.Internal;
 
 internal sealed partial class ProactorConnection
 {
-    // Kestrel's switch (shared with its socket transport): abort with FIN instead of RST.
-    private static readonly bool s_finOnError =
-        AppContext.TryGetSwitch("Microsoft.AspNetCore.Server.Kestrel.FinOnError", out bool finOnError) && finOnError;
+    private const string GracefulAbortMessage = "The connection was closed gracefully: the client ended it, or the application aborted it without a reason.";
 
-    private int _abortRequested;
+    /// <summary>Tests only: runs in <see cref="Start"/> between publishing "started" and scheduling the start.</summary>
+    internal static Action<ProactorConnection>? TestStartHook { get; set; }
+
+    /// <summary>
+    /// The first abort's reason wins: Kestrel's <c>Abort</c> (any thread), an application's output error, a handler
+    /// fault or the dispatcher's failure. Published with a full fence (see <see cref="Abort"/>).
+    /// </summary>
     private ConnectionAbortedException? _abortReason;
+
+    /// <summary>The one reason an abort without a reason publishes: the abort is graceful when it is the one that won.</summary>
+    private ConnectionAbortedException? _gracefulAbortReason;
+
+    // Dispatcher thread only from here on.
+    private bool _registered;
+    private Exception? _closeReason;
+    private bool _closeLogged;
+    private bool _finSent;
     private bool _shutdownActive;
     private bool _closeStarted;
     private bool _closeSubmitted;
@@ -20,47 +33,58 @@ internal sealed partial class ProactorConnection
     private bool _memoryKeptForKernel;
     private Task? _connectionClosedTask;
 
-    /// <summary>Closes with RST from any thread; pending receives and sends are cancelled.</summary>
+    /// <summary>
+    /// Ends the connection from any thread; pending receives and sends are cancelled. With a reason the peer gets RST
+    /// (FIN with <see cref="ProactorTransportOptions.FinOnError"/>); without one, which is how Kestrel's HTTP/1.1 and
+    /// HTTP/2 connections say that the client closed gracefully, it gets FIN, as from Kestrel's socket transport.
+    /// </summary>
     public override void Abort(ConnectionAbortedException abortReason)
     {
-        // Kestrel passes null when it has no reason to give.
-        abortReason ??= new ConnectionAbortedException("The connection was aborted.");
+        // Racing graceful aborts publish the same instance, so whichever wins, the abort is recognised as graceful.
+        abortReason ??= LazyInitializer.EnsureInitialized(ref _gracefulAbortReason, static () => new ConnectionAbortedException(GracefulAbortMessage));
+
+        // A full fence, as is Start's exchange of _started: either this thread sees the start published and schedules
+        // the abort, or StartOnDispatcher (which runs after that exchange) sees the reason. Two volatile accesses
+        // (a store then a load) could be reordered, and then neither side would abort.
         if (Interlocked.CompareExchange(ref _abortReason, abortReason, null) is not null)
         {
             return;
         }
 
-        Volatile.Write(ref _abortRequested, 1);
         if (Volatile.Read(ref _started) != 0)
         {
             Dispatcher.Schedule(static state => ((ProactorConnection)state!).AbortOnDispatcher(), this);
         }
-
-        // Logged last: a logger that throws must not leave the abort half done (a second call returns early above).
-        ProactorLog.ConnectionWriteRst(_logger, ConnectionId, abortReason.Message);
     }
 
     private void AbortOnDispatcher()
     {
-        if (_closeCompleted)
+        // Scheduled before the start ran (an abort from another thread between Start's publication and its
+        // scheduling): the connection is not in the operation table yet, so it has no token to close with.
+        // StartOnDispatcher sees the request and comes back here once it is.
+        if (!_registered || _closeCompleted)
         {
             return;
         }
 
-        EndInput(_abortReason);
-        BeginClose(abortive: true);
+        ConnectionAbortedException reason = Volatile.Read(ref _abortReason)!;
+        EndInput(reason);
+        BeginClose(abortive: !ReferenceEquals(reason, Volatile.Read(ref _gracefulAbortReason)));
     }
 
     /// <summary>
     /// Starts closing: cancels what is in flight and, once the last of it has completed, closes the descriptor.
-    /// Abortive closes set a zero linger time first, so the peer sees RST.
+    /// An abortive close sets a zero linger time first, so the peer sees RST, unless
+    /// <see cref="ProactorTransportOptions.FinOnError"/> asks for FIN or FIN is already on its way.
     /// </summary>
     private void BeginClose(bool abortive)
     {
         if (!_closeStarted)
         {
             _closeStarted = true;
-            if (abortive && !s_finOnError)
+            bool reset = abortive && !_finSent && !Dispatcher.Options.FinOnError;
+            LogCloseKind(reset);
+            if (reset)
             {
                 Dispatcher.SetAbortiveClose(this);
             }
@@ -90,6 +114,26 @@ internal sealed partial class ProactorConnection
         AdvanceClose();
     }
 
+    /// <summary>The socket transport's ConnectionWriteFin or ConnectionWriteRst, once per connection, with the reason.</summary>
+    private void LogCloseKind(bool reset, string? reason = null)
+    {
+        if (_closeLogged)
+        {
+            return;
+        }
+
+        _closeLogged = true;
+        reason ??= (_closeReason ?? _abortReason ?? _inputError)?.Message ?? "The connection is closing.";
+        if (reset)
+        {
+            ProactorLog.ConnectionWriteRst(_logger, ConnectionId, reason);
+        }
+        else
+        {
+            ProactorLog.ConnectionWriteFin(_logger, ConnectionId, reason);
+        }
+    }
+
     /// <summary>Called after every completion of this connection while it closes.</summary>
     public void AdvanceClose()
     {
@@ -100,7 +144,7 @@ internal sealed partial class ProactorConnection
 
         if (!_closeSubmitted)
         {
-            if (_receiveActive || _sendActive || _shutdownActive || !_outputEnded || _outputReadPending)
+            if (_receiveActive || _sendActive || _shutdownActive || !_outputEnded || _outputReadPending || !TryRetireApplicationViews())
             {
                 return;
             }
@@ -119,6 +163,12 @@ internal sealed partial class ProactorConnection
     public void OnCloseCompleted(IoResult result)
     {
         _closeCompleted = true;
+        if (!result.IsSuccess)
+        {
+            // The descriptor is ours alone until this close: a failure here (EBADF) means someone else closed it.
+            ProactorLog.ConnectionError(_logger, ConnectionId, "close", result.ToString(), result.ToException());
+        }
+
         AdvanceClose();
     }
 
@@ -148,8 +198,10 @@ internal sealed partial class ProactorConnection
         }
 
         _finished = true;
-        // The descriptor first, so the kernel ends whatever operation still points into pipe memory. One already
-        // handed to a close operation is not ours to close again.
+        // The application's views of the descriptor first (they wait for a call in progress on them), then the
+        // descriptor, so the kernel ends whatever operation still points into pipe memory. One already handed to a
+        // close operation is not ours to close again.
+        RetireApplicationViewsNow();
         if (!Socket.IsClosed)
         {
             Socket.Dispose();

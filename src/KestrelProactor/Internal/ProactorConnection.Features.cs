@@ -21,6 +21,7 @@ internal sealed partial class ProactorConnection : IFeatureCollection
         typeof(IConnectionLifetimeFeature),
         typeof(IConnectionEndPointFeature),
         typeof(IMemoryPoolFeature),
+        typeof(IConnectionSocketFeature),
         typeof(IProactorConnectionFeature),
     ];
 

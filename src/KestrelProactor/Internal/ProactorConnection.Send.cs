@@ -28,17 +28,29 @@ internal sealed partial class ProactorConnection
     {
         while (!_outputEnded && !_sendActive && !_outputReadPending)
         {
-            ValueTask<ReadResult> read = Output.ReadAsync();
-            if (!read.IsCompleted)
+            ValueTask<ReadResult> read;
+            ReadResult result;
+            try
             {
-                _outputReadPending = true;
-                _outputReadAwaiter = read.GetAwaiter();
-                // The output reader's scheduler is this dispatcher: the continuation runs here.
-                _outputReadAwaiter.UnsafeOnCompleted(_onOutputReadable ??= OnOutputReadableContinuation);
+                read = Output.ReadAsync();
+                if (!read.IsCompleted)
+                {
+                    _outputReadPending = true;
+                    _outputReadAwaiter = read.GetAwaiter();
+                    // The output reader's scheduler is this dispatcher: the continuation runs here.
+                    _outputReadAwaiter.UnsafeOnCompleted(_onOutputReadable ??= OnOutputReadableContinuation);
+                    return;
+                }
+
+                result = read.GetAwaiter().GetResult();
+            }
+            catch (Exception ex) when (!_outputReadPending)
+            {
+                OnApplicationOutputError(ex);
                 return;
             }
 
-            if (!HandleOutput(read.GetAwaiter().GetResult()))
+            if (!HandleOutput(result))
             {
                 return;
             }
@@ -50,7 +62,18 @@ internal sealed partial class ProactorConnection
         try
         {
             _outputReadPending = false;
-            ReadResult result = _outputReadAwaiter.GetResult();
+            ReadResult result;
+            try
+            {
+                result = _outputReadAwaiter.GetResult();
+            }
+            catch (Exception ex)
+            {
+                _outputReadAwaiter = default;
+                OnApplicationOutputError(ex);
+                return;
+            }
+
             _outputReadAwaiter = default;
             ProactorDispatcher.TestHandlerHook?.Invoke(this, OperationKind.Send);
             if (HandleOutput(result))
@@ -106,6 +129,22 @@ internal sealed partial class ProactorConnection
         AdvanceClose();
     }
 
+    /// <summary>
+    /// The output's read threw: the application completed its output with an exception. That is a connection error,
+    /// not a fault of the transport (a connection handler may end a connection so), and Kestrel's socket transport
+    /// treats it as one: logged at Debug, the input ends with that exception, and the connection is aborted (RST,
+    /// or FIN with <see cref="ProactorTransportOptions.FinOnError"/>).
+    /// </summary>
+    private void OnApplicationOutputError(Exception error)
+    {
+        ProactorLog.ConnectionError(_logger, ConnectionId, "output", error.Message, error);
+        Interlocked.CompareExchange(ref _abortReason, new ConnectionAbortedException("The application completed the connection's output with an error.", error), null);
+        _closeReason ??= error;
+        EndInput(error);
+        EndOutput(error);
+        BeginClose(abortive: true);
+    }
+
     /// <summary>Starts a send for what was read; returns true when the loop should read again at once.</summary>
     private bool HandleOutput(ReadResult result)
     {
@@ -149,13 +188,7 @@ internal sealed partial class ProactorConnection
             Output.AdvanceTo(_sendBuffer.Start);
             _sendBuffer = default;
             _unsent = default;
-            if (result.Error != SocketError.OperationAborted)
-            {
-                ProactorLog.ConnectionError(_logger, ConnectionId, "send", result.ToString());
-            }
-
-            EndOutput((Exception?)_abortReason ?? new ConnectionResetException(result.ToString(), result.ToException()));
-            BeginClose(abortive: true);
+            OnSendFailed(result);
             return;
         }
 
@@ -199,6 +232,41 @@ internal sealed partial class ProactorConnection
     }
 
     /// <summary>
+    /// A send failed. Cancelled: the close that cancelled it goes on. Otherwise the connection ends as it does on
+    /// Kestrel's socket transport: a reset (ECONNRESET, EPIPE) is logged as ConnectionReset and ends the input with
+    /// <see cref="ConnectionResetException"/>; anything else is a ConnectionError and ends the input with the error.
+    /// </summary>
+    private void OnSendFailed(IoResult result)
+    {
+        Exception error;
+        if (result.Error == SocketError.OperationAborted)
+        {
+            error = (Exception?)_abortReason ?? new ConnectionAbortedException("The send was cancelled.");
+        }
+        else if (IsResetError(result.Error))
+        {
+            ProactorLog.ConnectionReset(_logger, ConnectionId);
+            error = new ConnectionResetException(result.ToString(), result.ToException());
+        }
+        else
+        {
+            SocketException exception = result.ToException();
+            ProactorLog.ConnectionError(_logger, ConnectionId, "send", result.ToString(), exception);
+            error = exception;
+        }
+
+        _closeReason ??= error;
+        EndInput(error);
+        EndOutput(error);
+        BeginClose(abortive: true);
+    }
+
+    /// <summary>What the socket transport counts as the peer's reset; Windows reports some resets as aborts.</summary>
+    private static bool IsResetError(SocketError error)
+        => error is SocketError.ConnectionReset or SocketError.Shutdown
+           || (error == SocketError.ConnectionAborted && OperatingSystem.IsWindows());
+
+    /// <summary>
     /// Holds back the output read unless a send's worth is already waiting. The hold ends when the dispatcher's
     /// delay runs out, when the application has flushed <see cref="_streamingSendSize"/> bytes (see
     /// <see cref="OnApplicationFlushed"/>), when input arrives, or when the close starts.
@@ -211,7 +279,19 @@ internal sealed partial class ProactorConnection
         }
 
         long waiting = 0;
-        if (Output.TryRead(out ReadResult peek))
+        bool read;
+        ReadResult peek;
+        try
+        {
+            read = Output.TryRead(out peek);
+        }
+        catch (Exception ex)
+        {
+            OnApplicationOutputError(ex);
+            return true;
+        }
+
+        if (read)
         {
             waiting = peek.Buffer.Length;
             if (peek.IsCompleted || peek.IsCanceled || waiting >= _streamingSendSize)
@@ -287,7 +367,8 @@ internal sealed partial class ProactorConnection
         Output.Complete();
         if (error is null && !_closeStarted)
         {
-            ProactorLog.ConnectionWriteFin(_logger, ConnectionId);
+            _finSent = true;
+            LogCloseKind(reset: false, "The application completed the connection's output.");
             _shutdownActive = true;
             Dispatcher.SubmitShutdownWrite(this);
             return;

@@ -28,6 +28,7 @@ internal sealed partial class ProactorConnection : ConnectionContext,
     IConnectionLifetimeFeature,
     IConnectionEndPointFeature,
     IMemoryPoolFeature,
+    IConnectionSocketFeature,
     IProactorConnectionFeature
 {
     private static long s_lastId;
@@ -92,7 +93,10 @@ internal sealed partial class ProactorConnection : ConnectionContext,
 
     public ProactorDispatcher Dispatcher { get; }
 
-    /// <summary>The descriptor. Closed only by the dispatcher's close operation (or the handle's release on failure).</summary>
+    /// <summary>
+    /// The descriptor. Closed only by the dispatcher's close operation (or the handle's release on failure), and only
+    /// once the application's views of it are released (see <see cref="TryRetireApplicationViews"/>).
+    /// </summary>
     public SafeHandle Socket { get; }
 
     public bool IsTcp { get; }
@@ -141,13 +145,24 @@ internal sealed partial class ProactorConnection : ConnectionContext,
 
     int IProactorConnectionFeature.DispatcherId => Dispatcher.Id;
 
-    SafeHandle IProactorConnectionFeature.SocketHandle => Socket;
+    SafeHandle IProactorConnectionFeature.SocketHandle => GetApplicationHandle();
+
+    /// <summary>
+    /// A <see cref="System.Net.Sockets.Socket"/> over the connection's descriptor, made on first use, that does not own
+    /// it: the transport closes the descriptor (after disposing this Socket, and not while a call on it is in
+    /// progress). For socket options and queries (the peer's address, its credentials) only: no I/O may be done on it,
+    /// as it would interleave with the transport's own. After the connection closed, asking for it throws
+    /// <see cref="ObjectDisposedException"/> when it was never made, and a Socket made before is disposed.
+    /// </summary>
+    System.Net.Sockets.Socket IConnectionSocketFeature.Socket => GetApplicationSocket();
 
     /// <summary>Hands the connection to its dispatcher: from now on it receives and sends.</summary>
     public void Start()
     {
+        // A full fence (pairs with Abort's exchange of the reason): see Abort.
         if (Interlocked.Exchange(ref _started, 1) == 0)
         {
+            TestStartHook?.Invoke(this);
             Dispatcher.Schedule(static state => ((ProactorConnection)state!).StartOnDispatcher(), this);
         }
     }
@@ -155,8 +170,11 @@ internal sealed partial class ProactorConnection : ConnectionContext,
     private void StartOnDispatcher()
     {
         Dispatcher.Register(this);
-        if (Volatile.Read(ref _abortRequested) != 0)
+        _registered = true;
+        if (Volatile.Read(ref _abortReason) is not null)
         {
+            // Aborted before it started, or between Start's publication and this: the abort scheduled then (if any)
+            // found the connection unregistered and left it to this.
             AbortOnDispatcher();
             return;
         }

@@ -25,14 +25,19 @@ internal static partial class ProactorLog
     [LoggerMessage(6, LogLevel.Debug, "Connection {ConnectionId} was reset by the peer.", EventName = "ConnectionReset")]
     public static partial void ConnectionReset(ILogger logger, string connectionId);
 
-    [LoggerMessage(7, LogLevel.Debug, "Connection {ConnectionId} closed its write side after the application completed (FIN sent).", EventName = "ConnectionWriteFin")]
-    public static partial void ConnectionWriteFin(ILogger logger, string connectionId);
+    // The socket transport's write-side connection events, under the same names and meaning (Debug, the reason given).
+    [LoggerMessage(7, LogLevel.Debug, "Connection {ConnectionId} is sending FIN: {Reason}", EventName = "ConnectionWriteFin")]
+    public static partial void ConnectionWriteFin(ILogger logger, string connectionId, string reason);
 
-    [LoggerMessage(8, LogLevel.Debug, "Connection {ConnectionId} aborted ({Reason}); sending RST.", EventName = "ConnectionWriteRst")]
+    [LoggerMessage(8, LogLevel.Debug, "Connection {ConnectionId} is sending RST: {Reason}", EventName = "ConnectionWriteRst")]
     public static partial void ConnectionWriteRst(ILogger logger, string connectionId, string reason);
 
-    [LoggerMessage(9, LogLevel.Debug, "Connection {ConnectionId} failed: {Operation} completed with {Error}.", EventName = "ConnectionError")]
-    public static partial void ConnectionError(ILogger logger, string connectionId, string operation, string error);
+    [LoggerMessage(9, LogLevel.Debug, "Connection {ConnectionId} communication error: {Operation} failed with {Error}.", EventName = "ConnectionError")]
+    public static partial void ConnectionError(ILogger logger, string connectionId, string operation, string error, Exception? exception);
+
+    /// <summary><see cref="ConnectionError(ILogger, string, string, string, Exception?)"/> where only the error's text is at hand.</summary>
+    public static void ConnectionError(ILogger logger, string connectionId, string operation, string error)
+        => ConnectionError(logger, connectionId, operation, error, exception: null);
 
     [LoggerMessage(10, LogLevel.Warning, "Accept on {EndPoint} failed with {Error}; retrying in {DelayMs} ms.", EventName = "AcceptRetry")]
     public static partial void AcceptRetry(ILogger logger, string endPoint, string error, int delayMs);
@@ -58,4 +63,7 @@ internal static partial class ProactorLog
 
     [LoggerMessage(17, LogLevel.Debug, "Connection {ConnectionId} resumed receiving.", EventName = "ConnectionResume")]
     public static partial void ConnectionResume(ILogger logger, string connectionId);
+
+    [LoggerMessage(EventId = 18, EventName = "SocketTransportReplaced", Message = "The KestrelProactor hosting startup (ASPNETCORE_HOSTINGSTARTUPASSEMBLIES) serves Kestrel's endpoints with the proactor transport in place of the socket transport the application registered; remove it from that list to keep the socket transport. {Consequence}")]
+    public static partial void SocketTransportReplaced(ILogger logger, LogLevel level, string consequence);
 }

@@ -32,7 +32,7 @@ internal static class ProactorOptionsValidator
             {
                 name = $"{nameof(ProactorTransportOptions)}.{rule.Name}";
                 value = rule.Value;
-                message = $"{name} is {rule.Value?.ToString() ?? "null"}; allowed: {rule.Allowed}.";
+                message = $"{rule.Subject ?? $"{name} is {rule.Value?.ToString() ?? "null"}"}; allowed: {rule.Allowed}.";
                 return true;
             }
         }
@@ -63,9 +63,31 @@ internal static class ProactorOptionsValidator
         yield return new(options.ZeroCopySendThreshold == 0 || options.ZeroCopySendThreshold >= 1024,
             nameof(options.ZeroCopySendThreshold), options.ZeroCopySendThreshold, "0 (off), or 1024 bytes and more");
         yield return new(options.Backlog >= 1, nameof(options.Backlog), options.Backlog, "1 or more");
+
+        // Each io_uring dispatcher maps ReceiveBufferCount x ReceiveBufferSize for its buffer ring, and under load all
+        // of it can be resident (lent to connections). Each value can be in range and the product still be more
+        // memory than the process may have: say so at start, not as a failed mapping or an out-of-memory kill later.
+        if (UsesBufferRings(options))
+        {
+            long ringBytes = (long)options.DispatcherCount * options.ReceiveBufferCount * options.ReceiveBufferSize;
+            long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+            yield return new(available <= 0 || ringBytes <= available,
+                nameof(options.ReceiveBufferCount), ringBytes,
+                $"at most the memory available to the process, {available} bytes ({available >> 20} MiB); lower {nameof(options.ReceiveBufferCount)}, {nameof(options.ReceiveBufferSize)} or {nameof(options.DispatcherCount)}",
+                Subject: $"The receive buffer rings take {nameof(options.DispatcherCount)} x {nameof(options.ReceiveBufferCount)} x {nameof(options.ReceiveBufferSize)} = "
+                    + $"{options.DispatcherCount} x {options.ReceiveBufferCount} x {options.ReceiveBufferSize} = {ringBytes} bytes ({ringBytes >> 20} MiB)");
+        }
     }
+
+    /// <summary>Buffer rings are io_uring's (Linux); the IOCP backend and the copying tier map none.</summary>
+    private static bool UsesBufferRings(ProactorTransportOptions options) => OperatingSystem.IsLinux() && !options.DisableBufferRing;
 
     private static bool IsPowerOfTwo(int value) => value > 0 && (value & (value - 1)) == 0;
 
-    private readonly record struct Rule(bool Valid, string Name, object? Value, string Allowed);
+    /// <param name="Valid">Whether the option (or combination) is in range.</param>
+    /// <param name="Name">The option named in the exception.</param>
+    /// <param name="Value">Its value (for a combination, what the combination amounts to).</param>
+    /// <param name="Allowed">What is allowed, in words.</param>
+    /// <param name="Subject">What is out of range, when it is not one option's value ("{Name} is {Value}").</param>
+    private readonly record struct Rule(bool Valid, string Name, object? Value, string Allowed, string? Subject = null);
 }

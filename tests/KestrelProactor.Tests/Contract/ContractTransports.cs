@@ -49,7 +49,20 @@ internal static class ContractTransports
             SetSocketTransportMemoryPool(socketOptions, memoryPool);
         }
 
+        if (shared.FinOnError)
+        {
+            SetSocketTransportFinOnError(socketOptions);
+        }
+
         return new SocketTransportFactory(Options.Create(socketOptions), loggerFactory);
+    }
+
+    /// <summary>The socket transport's FIN-on-error is an internal option (its default is the AppContext switch).</summary>
+    public static void SetSocketTransportFinOnError(SocketTransportOptions options)
+    {
+        PropertyInfo? property = typeof(SocketTransportOptions).GetProperty("FinOnError", BindingFlags.Instance | BindingFlags.NonPublic | BindingFlags.Public);
+        Assert.SkipWhen(property is null, "This version of the socket transport has no FinOnError option to set.");
+        property.SetValue(options, true);
     }
 
     /// <summary>

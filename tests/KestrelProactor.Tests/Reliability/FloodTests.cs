@@ -1,4 +1,7 @@
+using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Diagnostics.Metrics;
+using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
@@ -97,6 +100,8 @@ public sealed class FloodTests
     public async Task MaxConcurrentConnections_LimitReached_ExtraConnectionIsClosedAndSlotIsReused(TransportKind kind)
     {
         const int Limit = 8;
+        // Listening before the server starts, so every connection's start and stop is counted.
+        using var active = new ActiveConnections();
         await using var server = await FaultServer.StartAsync(kind, k => k.Limits.MaxConcurrentConnections = Limit);
         var bystanders = new List<Bystander>();
         try
@@ -117,8 +122,15 @@ public sealed class FloodTests
 
             bystanders[0].Dispose();
             bystanders.RemoveAt(0);
-            // The freed slot is taken by the next connection once Kestrel has seen the close.
-            await FaultServer.WaitUntilAsync(() => server.State.ConnectionsClosed == 2, TestTimeouts.Default, "the closed connections to release their slots");
+            // Kestrel gives the slot back when the connection's middleware returns, which is after ConnectionClosed
+            // fires (the transport fires it when it reads the client's FIN, and Kestrel's connection then has yet to
+            // notice, end and unwind): waiting for ConnectionClosed let a fresh connection in while all eight slots
+            // were still taken, and it was turned away. Kestrel counts a connection out of kestrel.active_connections
+            // after its middleware returned, so once the count is back to the bystanders left, the slot is free.
+            await FaultServer.WaitUntilAsync(
+                () => active.On(server.EndPoint.Port) == bystanders.Count,
+                TestTimeouts.Default,
+                () => $"Kestrel to release the closed connection's slot (kestrel.active_connections {active.On(server.EndPoint.Port)}, want {bystanders.Count})");
             await server.AssertServesAsync();
             foreach (Bystander bystander in bystanders)
             {
@@ -187,6 +199,42 @@ public sealed class FloodTests
             Assert.Equal("HTTP/1.1 200 OK", status);
             Assert.Equal(body, echoed);
         })).LongTimeout();
+    }
+
+    /// <summary>
+    /// Kestrel's <c>kestrel.active_connections</c>, per server port: a connection is counted in before its middleware
+    /// runs and out after the middleware (the connection limit's among them) has returned.
+    /// </summary>
+    private sealed class ActiveConnections : IDisposable
+    {
+        private readonly MeterListener _listener = new();
+        private readonly ConcurrentDictionary<string, long> _byPort = new();
+
+        public ActiveConnections()
+        {
+            _listener.InstrumentPublished = (instrument, listener) =>
+            {
+                if (instrument.Meter.Name == "Microsoft.AspNetCore.Server.Kestrel" && instrument.Name == "kestrel.active_connections")
+                {
+                    listener.EnableMeasurementEvents(instrument);
+                }
+            };
+            _listener.SetMeasurementEventCallback<long>((_, value, tags, _) =>
+            {
+                foreach (KeyValuePair<string, object?> tag in tags)
+                {
+                    if (tag.Key == "server.port" && tag.Value?.ToString() is { } port)
+                    {
+                        _byPort.AddOrUpdate(port, value, (_, total) => total + value);
+                    }
+                }
+            });
+            _listener.Start();
+        }
+
+        public long On(int port) => _byPort.TryGetValue(port.ToString(CultureInfo.InvariantCulture), out long count) ? count : 0;
+
+        public void Dispose() => _listener.Dispose();
     }
 
     /// <summary>Runs <paramref name="count"/> bodies with at most <paramref name="parallelism"/> at a time; the first failure fails all.</summary>
