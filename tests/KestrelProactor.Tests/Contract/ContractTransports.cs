@@ -25,7 +25,6 @@ internal static class ContractTransports
         loggerFactory ??= NullLoggerFactory.Instance;
         if (kind != TransportKind.Sockets)
         {
-            TransportPresets.SkipUnlessAvailable(kind);
             ProactorTransportOptions options = TransportFactories.CreateOptions(kind, configure);
             if (memoryPool is not null)
             {

@@ -40,7 +40,7 @@ public enum TransportKind
     /// <summary>The smallest rings the options allow: 4 submission entries, 2 receive buffers per dispatcher.</summary>
     ProactorTinyRings,
 
-    /// <summary>An aborted connection ends with FIN instead of RST (<see cref="TransportPresets.EnableFinOnError"/>).</summary>
+    /// <summary>An aborted connection ends with FIN instead of RST (<see cref="ProactorTransportOptions.FinOnError"/>).</summary>
     ProactorFinOnError,
 }
 
@@ -54,7 +54,6 @@ internal static class TransportFactories
             return new SocketTransportFactory(Options.Create(socketOptions), NullLoggerFactory.Instance);
         }
 
-        TransportPresets.SkipUnlessAvailable(kind);
         return new ProactorTransportFactory(Options.Create(CreateOptions(kind, configure)), NullLoggerFactory.Instance);
     }
 

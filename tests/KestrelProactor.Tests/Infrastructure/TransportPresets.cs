@@ -1,4 +1,3 @@
-using System.Reflection;
 using System.Text.RegularExpressions;
 using KestrelProactor.Internal;
 using Microsoft.AspNetCore.Connections;
@@ -12,13 +11,6 @@ namespace KestrelProactor.Tests.Infrastructure;
 internal static class TransportPresets
 {
     private static readonly Lazy<int> s_zeroCopySendThreshold = new(SmallestValidZeroCopySendThreshold);
-
-    // ProactorTransportOptions.FinOnError is being added; until this build has it, the preset cannot be set up.
-    private static readonly PropertyInfo? s_finOnError =
-        typeof(ProactorTransportOptions).GetProperty("FinOnError", BindingFlags.Public | BindingFlags.Instance) is { CanWrite: true } property
-        && (property.PropertyType == typeof(bool) || property.PropertyType == typeof(bool?))
-            ? property
-            : null;
 
     /// <summary>
     /// The smallest <see cref="ProactorTransportOptions.ZeroCopySendThreshold"/> the options validator accepts
@@ -46,25 +38,10 @@ internal static class TransportPresets
                 options.ReceiveBufferCount = 2;
                 break;
             case TransportKind.ProactorFinOnError:
-                EnableFinOnError(options);
+                options.FinOnError = true;
                 break;
         }
     }
-
-    /// <summary>
-    /// The one place the FIN-on-error preset is set. Once <c>ProactorTransportOptions.FinOnError</c> is in the
-    /// build, replace the reflection with <c>options.FinOnError = true</c> and delete <see cref="SkipUnlessAvailable"/>.
-    /// </summary>
-    public static void EnableFinOnError(ProactorTransportOptions options) => s_finOnError?.SetValue(options, true);
-
-    /// <summary>
-    /// Skips the test when its preset cannot be set up in this build (FIN on error, until its option exists): a
-    /// preset without its option would only repeat the default preset under another name. Call it where the test
-    /// starts, not from inside a host's configuration callbacks, where a skip would become a start-up failure.
-    /// </summary>
-    public static void SkipUnlessAvailable(TransportKind kind)
-        => Assert.SkipWhen(kind == TransportKind.ProactorFinOnError && s_finOnError is null,
-            "ProactorTransportOptions.FinOnError is not in this build yet, so the FIN-on-error preset cannot be set up.");
 
     /// <summary>
     /// Fails when a bound factory runs without its preset's kernel feature: a kernel that refuses one (SQPOLL,
