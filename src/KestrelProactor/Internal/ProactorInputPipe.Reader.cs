@@ -259,7 +259,7 @@ internal sealed partial class ProactorInputPipe
     // Under _sync: the index a position stands for; throws for a position this chain no longer holds.
     private long Resolve(SequencePosition position)
     {
-        // A segment out of the chain (consumed, maybe reused since) or another pipe's: its bytes are gone.
+        // A segment out of the chain (consumed: its memory may hold other bytes now) or another pipe's.
         if (position.GetObject() is not ProactorInputSegment segment || segment.Pipe != this)
         {
             throw new InvalidOperationException(AdvancedPast);
@@ -269,7 +269,7 @@ internal sealed partial class ProactorInputPipe
         long at = segment.RunningIndex + index;
         if ((uint)index > (uint)segment.Length || at > _readEnd)
         {
-            // Past what the last result showed: only a position from an older incarnation of a reused segment gets here.
+            // Past the end of the last result (or of the segment): not a position the application was given.
             throw new InvalidOperationException(AdvancedPast);
         }
 

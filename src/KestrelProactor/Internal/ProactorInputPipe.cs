@@ -329,7 +329,7 @@ internal sealed partial class ProactorInputPipe : PipeReader, IValueTaskSource<R
 
     // Under _sync, while paused: keeps bytes that arrived after the pause point (a multishot receive's completions
     // before its cancel landed) out of the reader's sight, as a paused Pipe writer would not have flushed them. The
-    // reader sees them as it consumes (PublishHeld), so what it is shown stays near MaxReadBufferSize.
+    // reader sees them as it consumes (TryResume), so what it is shown stays near MaxReadBufferSize.
     private void Hold(ProactorInputSegment segment)
     {
         if (_heldTail is null)
