@@ -15,7 +15,7 @@ usage() {
   cat <<'EOF'
 usage: perf/run.sh [--quick] [--allow-fallback] [--pin] [--rounds N] [--duration S] [--warmup S]
                    [--dispatchers N] [--only a,b,...] [--fault MODE] [--port P] [--fresh-servers] [--no-build]
-  --quick           CI smoke test: 1 round, 2 s runs, 1,000 idle connections, 64 MiB transfers (< 2 min)
+  --quick           CI smoke test: 1 round, 2 s runs, 1,000 idle and 300 trickling connections, 64 MiB transfers
   --allow-fallback  accept a proactor server whose backend fell back to "sockets" (labelled in the report)
   --pin             server on CPU 0, load generators on CPU 1 (taskset); one wrk/h2load thread
   --rounds N        alternating rounds per scenario (default 3; quick 1)
@@ -27,7 +27,7 @@ usage: perf/run.sh [--quick] [--allow-fallback] [--pin] [--rounds N] [--duration
   --fault MODE      start every server with --fault MODE (status500, corrupt-bytes, crash) to prove the
                     checks fail; the report then must show errors and the exit status must be 1
   --fresh-servers   start a new server for every run (default: one server per transport and scheduling
-                    mode, kept across scenarios; idle-memory always gets fresh ones)
+                    mode, kept across scenarios; idle-memory and trickle-memory always get fresh ones)
   --port P          first loopback port (default 5200); servers use P..P+7 (odd ports serve h2c)
   --no-build        use the existing Release build
 EOF
@@ -59,10 +59,10 @@ done
 
 if [[ $QUICK -eq 1 ]]; then
   : "${ROUNDS:=1}" "${DURATION:=2}" "${WARMUP:=0}"   # no warm-up: the functional checks warm the kept servers
-  IDLE_CONNECTIONS=1000; TRANSFER_BYTES=$((64 * 1024 * 1024)); WS_MESSAGES=200
+  IDLE_CONNECTIONS=1000; TRANSFER_BYTES=$((64 * 1024 * 1024)); WS_MESSAGES=200; TRICKLE_CONNECTIONS=300
 else
   : "${ROUNDS:=3}" "${DURATION:=5}" "${WARMUP:=2}"
-  IDLE_CONNECTIONS=10000; TRANSFER_BYTES=$((1024 * 1024 * 1024)); WS_MESSAGES=1000
+  IDLE_CONNECTIONS=10000; TRANSFER_BYTES=$((1024 * 1024 * 1024)); WS_MESSAGES=1000; TRICKLE_CONNECTIONS=1000
 fi
 for n in "$ROUNDS" "$DURATION" "$PORT" ${DISPATCHERS:+"$DISPATCHERS"}; do
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: '$n' is not a positive integer" >&2; exit 2; }
@@ -82,6 +82,7 @@ SCENARIOS=(
   "h2c-plaintext"       # h2load h2c GET /plaintext, 64 connections x 16 streams
   "ws-echo"             # WebSocket echo, 64 connections x 128-byte messages
   "idle-memory"         # RSS per idle keep-alive connection
+  "trickle-memory"      # RSS per connection trickling an unfinished request head, one byte per packet
   "upload"              # POST the pattern to /hash, digest checked
   "download"            # GET /bytes/N, digest checked
   "inline-plaintext-256"  # plaintext-256 with UnsafePreferInlineScheduling on both transports
@@ -508,6 +509,41 @@ run_idle() {
   log "$scenario round $round $transport: RSS ${before} KiB -> ${after} KiB with $IDLE_CONNECTIONS idle = ${per_conn:-?} KiB/conn"
 }
 
+# trickle-memory: every connection sends a 1,893-byte request head one byte per packet and never finishes it, so the
+# server holds all of it; the RSS it costs per connection shows memory that grows with packets instead of bytes.
+run_trickle() {
+  local scenario=$1 round=$2 transport=$3
+  local base="$WORK/$scenario-$round-$transport"
+  curl -sS --max-time 5 -o /dev/null "http://127.0.0.1:$SRV_PORT/plaintext"
+  sleep 1
+  local before; before="$(rss_kib "$SERVER_PID")"
+  local release="$base.release"; rm -f "$release"
+  "${CLIENT_PIN[@]}" dotnet "$CLIENT_DLL" trickle --port "$SRV_PORT" --count "$TRICKLE_CONNECTIONS" --bytes 1893 \
+    --hold-seconds 300 --release-file "$release" >"$base.txt" 2>&1 &
+  IDLE_PID=$!
+  local ready=""
+  for _ in $(seq 1 3000); do   # 300 s at most
+    ready="$(grep -m1 '^TRICKLE-READY' "$base.txt")"; [[ -n "$ready" ]] && break
+    kill -0 "$IDLE_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  sleep 1   # let the server take in the last round
+  local after; after="$(rss_kib "$SERVER_PID")"
+  touch "$release"
+  wait "$IDLE_PID"; local status=$?; IDLE_PID=""
+  local done_line; done_line="$(grep -m1 '^TRICKLE-DONE' "$base.txt")"
+  local err=0
+  if [[ $status -ne 0 || -z "$ready" || -z "$done_line" ]]; then
+    err=1
+    record_error "$scenario" "$round" "$transport" "trickling connections: ${done_line:-${ready:-$(tail -2 "$base.txt" | tr '\n' ' ')}}"
+  fi
+  local per_conn=""
+  [[ -n "$before" && -n "$after" ]] && per_conn="$(awk -v a="$after" -v b="$before" -v n="$TRICKLE_CONNECTIONS" 'BEGIN { printf "%.2f", (a - b) / n }')"
+  M_CPU_US=""; M_SYSCALLS=""; M_CTX=""
+  emit "$scenario" "$round" "$transport" "KiB/conn" "$per_conn" "" "" "$TRICKLE_CONNECTIONS" "$err"
+  log "$scenario round $round $transport: RSS ${before} KiB -> ${after} KiB with $TRICKLE_CONNECTIONS trickling = ${per_conn:-?} KiB/conn (${ready#TRICKLE-READY })"
+}
+
 # Transfers run in LoadClient, not curl: curl piped into sha256sum ran at ~200 MiB/s here, the speed of the pipe
 # and the hash rather than of the transport. The client compares a download byte for byte with the pattern as it
 # arrives and compares an upload's server-side SHA-256 with the pattern's.
@@ -574,13 +610,14 @@ run_functional() {
   echo "duration_s=$DURATION"
   echo "warmup_s=$WARMUP"
   echo "ports=$PORT-$((PORT + 7))$PORT_NOTE"
-  echo "servers=$([[ $FRESH -eq 1 ]] && echo 'a new server for every run' || echo 'one per transport and scheduling mode, kept across scenarios; new ones for idle-memory')"
+  echo "servers=$([[ $FRESH -eq 1 ]] && echo 'a new server for every run' || echo 'one per transport and scheduling mode, kept across scenarios; new ones for idle-memory and trickle-memory')"
   echo "pin=$([[ $PIN -eq 1 ]] && echo 'server on CPU 0, load generators on CPU 1' || echo no)"
   echo "load_threads=$WRK_THREADS"
   echo "dispatchers=${DISPATCHERS:-default}"
   echo "allow_fallback=$([[ $ALLOW_FALLBACK -eq 1 ]] && echo yes || echo no)"
   echo "fault=$FAULT"
   echo "idle_connections=$IDLE_CONNECTIONS"
+  echo "trickle_connections=$TRICKLE_CONNECTIONS"
   echo "transfer_bytes=$TRANSFER_BYTES"
   echo "syscall_counter=$([[ $SYSCALL_COUNTER -eq 1 ]] && echo 'perf raw_syscalls:sys_enter' || echo 'unavailable (n/a)')"
   echo "load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -592,7 +629,7 @@ for scenario in "${SELECTED[@]}"; do
   inline=0; [[ "$scenario" == inline-* ]] && inline=1
   for round in $(seq 1 "$ROUNDS"); do
     for transport in sockets proactor; do   # A, B, A, B, ...
-      fresh=0; [[ "$scenario" == idle-memory ]] && fresh=1   # RSS deltas need a server with no history
+      fresh=0; [[ "$scenario" == idle-memory || "$scenario" == trickle-memory ]] && fresh=1   # RSS deltas need a server with no history
       if ! acquire_server "$transport" "$inline" "$scenario" "$round" "$fresh"; then
         M_CPU_US=""; M_SYSCALLS=""; M_CTX=""; SERVER_BACKEND="${SERVER_BACKEND:-none}"
         emit "$scenario" "$round" "$transport" "" "" "" "" "" 1
@@ -604,6 +641,7 @@ for scenario in "${SELECTED[@]}"; do
         h2c-plaintext) run_h2load "$scenario" "$round" "$transport" ;;
         ws-echo) run_ws "$scenario" "$round" "$transport" ;;
         idle-memory) run_idle "$scenario" "$round" "$transport" ;;
+        trickle-memory) run_trickle "$scenario" "$round" "$transport" ;;
         upload|download) run_transfer "$scenario" "$round" "$transport" ;;
         *) run_wrk "$scenario" "$round" "$transport" ;;
       esac

@@ -21,6 +21,9 @@ builder.WebHost.ConfigureKestrel(kestrel =>
     kestrel.Limits.MaxRequestBodySize = null;
     kestrel.Limits.MaxConcurrentConnections = null;
     kestrel.Limits.MaxConcurrentUpgradedConnections = null;
+    // The trickle scenario sends 1,000 request heads one byte per round; on a busy machine that takes longer than
+    // the 30 s Kestrel gives a head by default, and the RSS must be read before any is dropped.
+    kestrel.Limits.RequestHeadersTimeout = TimeSpan.FromMinutes(5);
     kestrel.Listen(System.Net.IPAddress.Loopback, arguments.Port, listen => listen.Protocols = HttpProtocols.Http1);
     // h2load speaks h2c with prior knowledge, which Kestrel accepts only on an HTTP/2-only cleartext endpoint.
     kestrel.Listen(System.Net.IPAddress.Loopback, arguments.Http2Port, listen => listen.Protocols = HttpProtocols.Http2);

@@ -87,6 +87,12 @@ internal static class IdleConnections
     private static async Task RoundTripAsync(Socket socket, CancellationToken cancellationToken)
     {
         await socket.SendAsync(s_request, SocketFlags.None, cancellationToken);
+        await ReadPlaintextResponseAsync(socket, cancellationToken);
+    }
+
+    /// <summary>Reads exactly one response to GET /plaintext, checking its status and body.</summary>
+    internal static async Task ReadPlaintextResponseAsync(Socket socket, CancellationToken cancellationToken)
+    {
         byte[] buffer = new byte[1024];
         int filled = 0;
         int headerEnd;

@@ -4,6 +4,7 @@ using KestrelProactor.Perf;
 // and exits non-zero when anything it checked went wrong.
 const string usage =
     "usage: LoadClient idle    --port P --count N [--hold-seconds S] [--release-file F]\n" +
+    "       LoadClient trickle --port P --count N [--bytes B] [--round-delay-ms D] [--hold-seconds S] [--release-file F]\n" +
     "       LoadClient pattern --bytes N          (writes the /bytes/{n} pattern to stdout)\n" +
     "       LoadClient transfer --mode upload|download --port P --bytes N [--timeout-seconds S]\n" +
     "       LoadClient ws      --port P [--connections C] [--messages M] [--size B] [--timeout-seconds S]";
@@ -20,6 +21,7 @@ try
     return args[0] switch
     {
         "idle" => await IdleConnections.RunAsync(options),
+        "trickle" => await TrickleConnections.RunAsync(options),
         "pattern" => await PatternWriter.RunAsync(options),
         "ws" => await WebSocketEcho.RunAsync(options),
         "transfer" => await Transfer.RunAsync(options),

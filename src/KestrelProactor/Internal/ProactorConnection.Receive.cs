@@ -1,7 +1,6 @@
 using System.Buffers;
 using System.IO.Pipelines;
 using System.Net.Sockets;
-using System.Runtime.CompilerServices;
 using KestrelProactor.Dispatching;
 using Microsoft.AspNetCore.Connections;
 
@@ -12,6 +11,9 @@ internal sealed partial class ProactorConnection
     /// <summary>Tests only: runs where the input resumes after back-pressure (both continuations), to inject a fault there.</summary>
     internal static Action<ProactorConnection>? TestInputResumeHook { get; set; }
 
+    /// <summary>Tests only: replaces a receive's result before it is handled, to produce errors a loopback peer cannot.</summary>
+    internal static Func<ProactorConnection, IoResult, IoResult>? TestReceiveResultHook { get; set; }
+
     private bool _receiveActive;
     private bool _inputEnded;
     private bool _inputFlushPending;
@@ -19,18 +21,12 @@ internal sealed partial class ProactorConnection
     private bool _inputWriterCompleted;
     private bool _inputCompletionPending;
     private Exception? _inputError;
-    private Action? _onInputFlushed;
-    private ValueTaskAwaiter<FlushResult> _inputFlushAwaiter;
 
     /// <summary>The input when the backend lends its receive buffers (no copy); null when receives are copied into a pipe.</summary>
     private readonly ProactorInputPipe? _lendingInput;
 
     /// <summary>Buffers this connection may hold before further data is copied instead of lent.</summary>
     private readonly int _lentBufferCap;
-
-    /// <summary>Pipe memory a direct receive (no buffer ring) reads into; pinned while that receive is in flight.</summary>
-    private MemoryHandle _receivePin;
-    private bool _receiveIntoPipe;
 
     public bool ReceiveActive => _receiveActive;
 
@@ -54,17 +50,6 @@ internal sealed partial class ProactorConnection
     }
 
     /// <summary>
-    /// For a receive straight into the pipe: memory to read into, pinned until <see cref="OnReceiveCompleted"/>.
-    /// </summary>
-    public Memory<byte> RentReceiveMemory(int sizeHint)
-    {
-        Memory<byte> memory = Input!.GetMemory(sizeHint);
-        _receivePin = memory.Pin();
-        _receiveIntoPipe = true;
-        return memory;
-    }
-
-    /// <summary>
     /// A receive completed. With a provided buffer, <paramref name="data"/> holds the bytes: they are copied
     /// into the pipe (the backend returns the buffer right after). After a receive into rented pipe memory the
     /// bytes are already in place: <paramref name="data"/> views them on IOCP and is empty on the io_uring basic
@@ -82,6 +67,10 @@ internal sealed partial class ProactorConnection
 
         bool intoPipe = _receiveIntoPipe;
         ReleaseReceivePin();
+        if (TestReceiveResultHook is { } hook)
+        {
+            result = hook(this, result);
+        }
 
         try
         {
@@ -107,6 +96,7 @@ internal sealed partial class ProactorConnection
 
                 if (intoPipe)
                 {
+                    _lastReceiveFilled = result.Value >= _receiveMemoryLength;
                     Input!.Advance(result.Value);
                 }
                 else
@@ -134,36 +124,53 @@ internal sealed partial class ProactorConnection
             if (result.IsSuccess)
             {
                 // 0 bytes: the peer sent FIN. The output side stays open (half-close).
+                if (!_closeStarted)
+                {
+                    ProactorLog.ConnectionReadFin(_logger, ConnectionId);
+                }
+
                 EndInput(null);
                 FireConnectionClosed();
                 return false;
             }
 
-            switch (result.Error)
+            if (result.Error == SocketError.OperationAborted)
             {
-                case SocketError.OperationAborted:
-                    // Cancelled, either by the close path (which completes the input with the right reason) or
-                    // to pause a multishot receive for back-pressure; in that case the flush that completes
-                    // re-arms, unless it already has completed.
-                    if (!_inputFlushPending)
-                    {
-                        ArmReceive();
-                    }
+                // Cancelled, either by the close path (which completes the input with the right reason) or to
+                // pause a multishot receive for back-pressure; in that case the flush that completes re-arms,
+                // unless it already has completed.
+                if (!_inputFlushPending)
+                {
+                    ArmReceive();
+                }
 
-                    return false;
-                case SocketError.ConnectionReset:
-                    ProactorLog.ConnectionReset(_logger, ConnectionId);
-                    EndInput(new ConnectionResetException(result.ToString(), result.ToException()));
-                    FireConnectionClosed();
-                    BeginClose(abortive: true);
-                    return false;
-                default:
-                    ProactorLog.ConnectionError(_logger, ConnectionId, "receive", result.ToString());
-                    EndInput(new ConnectionResetException(result.ToString(), result.ToException()));
-                    FireConnectionClosed();
-                    BeginClose(abortive: true);
-                    return false;
+                return false;
             }
+
+            if (_closeStarted)
+            {
+                // As the socket transport: once the connection is shutting down, that is why its receive ended.
+                return false;
+            }
+
+            // As the socket transport: a reset (or a broken pipe) ends the input with ConnectionResetException; any
+            // other error ends it with the socket error itself, logged as a connection error. Both at Debug.
+            Exception error;
+            if (IsConnectionResetError(result.Error))
+            {
+                ProactorLog.ConnectionReset(_logger, ConnectionId);
+                error = new ConnectionResetException(result.ToString(), result.ToException());
+            }
+            else
+            {
+                ProactorLog.ConnectionError(_logger, ConnectionId, "receive", result.ToString());
+                error = result.ToException();
+            }
+
+            EndInput(error);
+            FireConnectionClosed();
+            BeginClose(abortive: true);
+            return false;
         }
         finally
         {
@@ -175,138 +182,10 @@ internal sealed partial class ProactorConnection
         }
     }
 
-    /// <summary>Lending path: the kernel's buffer goes to the application as it is (or as a copy past the caps).</summary>
-    private bool OnReceivedLending(ReadOnlySpan<byte> data, bool more, int lentBufferId)
-    {
-        if (_inputEnded)
-        {
-            return false;
-        }
-
-        ProactorInputPipe.AppendResult appended;
-        bool taken = false;
-        // Lend while the application keeps up; copy while paused (bytes held back must not pin the ring), past
-        // this connection's share, or when the ring runs low.
-        if (lentBufferId >= 0 && !_inputFlushPending && _lendingInput!.LentCount < _lentBufferCap && !Dispatcher.ReceiveBufferLender!.ShouldCopy)
-        {
-            appended = _lendingInput.Append(lentBufferId, data.Length);
-            taken = appended != ProactorInputPipe.AppendResult.ReaderCompleted;
-        }
-        else
-        {
-            appended = _lendingInput!.AppendCopy(data);
-        }
-
-        switch (appended)
-        {
-            case ProactorInputPipe.AppendResult.Pause:
-                // MaxReadBufferSize reached: stop receiving until the application consumed half.
-                _inputFlushPending = true;
-                if (_receiveActive && !_receiveCancelRequested)
-                {
-                    _receiveCancelRequested = true;
-                    Dispatcher.SubmitCancel(this, OperationKind.Receive);
-                }
-
-                break;
-            case ProactorInputPipe.AppendResult.ReaderCompleted:
-                EndInput(null);
-                break;
-            default:
-                if (!more)
-                {
-                    ArmReceive();
-                }
-
-                break;
-        }
-
-        return taken;
-    }
-
-    /// <summary>The application consumed down to the resume threshold (or completed its reader).</summary>
-    private void OnLendingResumed()
-    {
-        try
-        {
-            TestInputResumeHook?.Invoke(this);
-            _inputFlushPending = false;
-            if (_lendingInput!.IsReaderCompleted)
-            {
-                EndInput(null);
-                return;
-            }
-
-            ArmReceive();
-        }
-        catch (Exception ex)
-        {
-            // Run by the pipe with state of its own: this connection takes the fault itself (see the output's).
-            Dispatcher.OnHandlerFault(this, OperationKind.Receive, operationEnded: false, ex);
-            AdvanceClose();
-        }
-    }
-
-    private void FlushInput()
-    {
-        ValueTask<FlushResult> flush = Input!.FlushAsync();
-        if (flush.IsCompleted)
-        {
-            OnInputFlushed(flush.GetAwaiter().GetResult());
-            return;
-        }
-
-        // Back-pressure: the pipe holds MaxReadBufferSize bytes. Receive again only once the application has
-        // consumed half; the continuation runs on this dispatcher (the input writer's scheduler). A multishot
-        // receive would go on filling buffers, so it is cancelled; what arrives before the cancel lands is
-        // kept (written, unflushed), so nothing is lost and the overshoot is bounded by one pass.
-        _inputFlushPending = true;
-        if (_receiveActive && !_receiveCancelRequested && !_receiveIntoPipe)
-        {
-            _receiveCancelRequested = true;
-            Dispatcher.SubmitCancel(this, OperationKind.Receive);
-        }
-
-        _inputFlushAwaiter = flush.GetAwaiter();
-        _inputFlushAwaiter.UnsafeOnCompleted(_onInputFlushed ??= OnInputFlushedContinuation);
-    }
-
-    private void OnInputFlushedContinuation()
-    {
-        try
-        {
-            TestInputResumeHook?.Invoke(this);
-            FlushResult result = _inputFlushAwaiter.GetResult();
-            _inputFlushAwaiter = default;
-            _inputFlushPending = false;
-            OnInputFlushed(result);
-        }
-        catch (Exception ex)
-        {
-            // Run by the pipe with state of its own: this connection takes the fault itself (see the output's).
-            Dispatcher.OnHandlerFault(this, OperationKind.Receive, operationEnded: false, ex);
-            AdvanceClose();
-        }
-    }
-
-    private void OnInputFlushed(FlushResult result)
-    {
-        if (result.IsCompleted)
-        {
-            // The application completed its input: no reader for more bytes.
-            EndInput(null);
-            return;
-        }
-
-        if (Input!.UnflushedBytes > 0 && !_inputWriterCompleted)
-        {
-            // Bytes a multishot receive delivered while paused.
-            FlushInput();
-            return;
-        }
-
-        ArmReceive();
-    }
+    /// <summary>The socket transport's reset errors: ECONNRESET, EPIPE, and on Windows WSAECONNABORTED.</summary>
+    private static bool IsConnectionResetError(SocketError error)
+        => error is SocketError.ConnectionReset or SocketError.Shutdown
+           || (error == SocketError.ConnectionAborted && OperatingSystem.IsWindows());
 
     /// <summary>No more receives; the input pipe completes with <paramref name="error"/> (null: clean end).</summary>
     private void EndInput(Exception? error)
@@ -333,17 +212,6 @@ internal sealed partial class ProactorConnection
         }
 
         CompleteInputWriter();
-    }
-
-    /// <summary>A receive into pipe memory is over: the memory is no longer the kernel's.</summary>
-    private void ReleaseReceivePin()
-    {
-        if (_receiveIntoPipe)
-        {
-            _receiveIntoPipe = false;
-            _receivePin.Dispose();
-            _receivePin = default;
-        }
     }
 
     /// <summary>

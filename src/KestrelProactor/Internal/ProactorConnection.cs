@@ -68,7 +68,7 @@ internal sealed partial class ProactorConnection : ConnectionContext,
         if (dispatcher.ReceiveBufferLender is { } lender)
         {
             _lendingInput = new ProactorInputPipe(lender, pool, dispatcher, options.UnsafePreferInlineScheduling, maxRead, OnLendingResumed);
-            _lentBufferCap = Math.Max(2, Math.Min(dispatcher.LendableBufferCount / 8, maxRead <= 0 ? int.MaxValue : (int)(maxRead / Math.Max(1, options.ReceiveBufferSize)) + 1));
+            _lentBufferCap = Math.Max(2, Math.Min(dispatcher.LendableBufferCount / 8, maxRead <= 0 ? int.MaxValue : (int)Math.Min(int.MaxValue, (maxRead / Math.Max(1, options.ReceiveBufferSize)) + 1)));
             inputReader = _lendingInput;
         }
         else

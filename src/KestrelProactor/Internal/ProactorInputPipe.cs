@@ -1,57 +1,63 @@
 using System.Buffers;
 using System.IO.Pipelines;
+using System.Runtime.ExceptionServices;
 using System.Threading.Tasks.Sources;
 
 namespace KestrelProactor.Internal;
 
 /// <summary>
-/// The input side of a connection when its backend lends receive buffers: a <see cref="PipeReader"/> whose
-/// segments are the very buffers the kernel filled (no copy). A segment goes back to the backend as soon as
-/// the application advances past it.
+/// The input side of a connection when its backend lends receive buffers: a <see cref="PipeReader"/> that keeps
+/// System.IO.Pipelines' reader contract (Pipe.Reader is the reference; the conformance tests run against both),
+/// whose segments are either the buffers the kernel filled (no copy) or pool blocks small receives were copied into.
+/// <para>
+/// Memory follows bytes, not packets. A receive that fills a good part of its buffer is lent as it is; a smaller one
+/// is copied into the free room of the last segment (or a new pool block), so a peer sending one byte per packet
+/// fills one block per few thousand packets instead of pinning a buffer per packet. Held memory stays within a
+/// small multiple of the unconsumed bytes plus one buffer (see <see cref="AppendReceived"/>). A segment goes back
+/// to the backend or the pool as soon as the application has consumed all of it.
+/// </para>
 /// <para>
 /// The dispatcher appends (one thread); the application reads (any thread). Both sides take <c>_sync</c>;
-/// continuations and buffer returns run outside it. Back-pressure: once the unread bytes reach the pause
-/// threshold, <see cref="Append"/> says so and the connection stops receiving; when the application has
-/// consumed down to the resume threshold, <c>onResume</c> is scheduled on the dispatcher.
-/// </para>
-/// <para>
-/// When the lender runs short (too many buffers out over all connections of a dispatcher), the dispatcher
-/// copies data into a pooled block instead (<see cref="AppendCopy"/>), so a slow consumer never pins the ring.
+/// continuations, scheduled resumes and buffer returns run outside it. Back-pressure counts bytes the reader has
+/// not examined, as Pipe does: once they reach the pause threshold the append says so and the connection stops
+/// receiving; once the application has examined enough to go below the resume threshold, <c>onResume</c> runs on
+/// the dispatcher. The reader half is in ProactorInputPipe.Reader.cs.
 /// </para>
 /// </summary>
-internal sealed class ProactorInputPipe : PipeReader, IValueTaskSource<ReadResult>
+internal sealed partial class ProactorInputPipe : PipeReader, IValueTaskSource<ReadResult>
 {
+    /// <summary>
+    /// Until the application first reads, the input pauses at this many bytes (or MaxReadBufferSize, if lower):
+    /// a connection is started at accept, before Kestrel takes it, so that a request is usually in its input when
+    /// Kestrel first reads; this bounds what such a connection holds while the thread pool is too busy to take it.
+    /// </summary>
+    public const long PreReadPauseThreshold = 64 * 1024;
+
+    private static readonly Action<object?> s_runResume = static state => ((ProactorInputPipe)state!).RunResume();
+
     private readonly Lock _sync = new();
     private readonly IReceiveBufferLender _lender;
     private readonly MemoryPool<byte> _pool;
     private readonly PipeScheduler _dispatcher;
     private readonly Action _onResume;
-    private readonly long _pauseThreshold;
-    private readonly long _resumeThreshold;
-    private ManualResetValueTaskSourceCore<ReadResult> _readSource;
-    private CancellationTokenRegistration _readRegistration;
-    private CancellationToken _readToken;
+    private readonly long _configuredPauseThreshold;
+    private long _pauseThreshold;
+    private long _resumeThreshold;
 
-    private Segment? _head;
+    // The chain the reader sees: _head (from _headIndex) to _tail. Positions are pipe-wide indexes
+    // (segment.RunningIndex + index); _end is the index after the last byte appended.
+    private ProactorInputSegment? _head;
     private int _headIndex;
-    private Segment? _tail;
-    private Segment? _free;
-    private Segment? _heldHead;
-    private Segment? _heldTail;
-    private long _unread;
-    private long _runningIndex;
-
-    // Back-pressure counts bytes the reader has not examined yet, as System.IO.Pipelines does: a reader that
-    // looked at everything and wants more (an incomplete header) releases the pause without consuming.
-    private long _examinedIndex;
-    private bool _readPending;
-    private bool _examinedAll;
-    private bool _cancelNextRead;
-    private bool _writerCompleted;
-    private Exception? _writerError;
-    private bool _readerCompleted;
-    private bool _paused;
+    private ProactorInputSegment? _tail;
+    private ProactorInputSegment? _heldHead;
+    private ProactorInputSegment? _heldTail;
+    private long _end;
     private int _lentCount;
+    private bool _paused;
+    private bool _writerCompleted;
+    private ExceptionDispatchInfo? _writerError;
+    private bool _readerCompleted;
+    private Exception? _readerError;
 
     public ProactorInputPipe(IReceiveBufferLender lender, MemoryPool<byte> pool, PipeScheduler dispatcher, bool inlineContinuations, long pauseThreshold, Action onResume)
     {
@@ -59,443 +65,27 @@ internal sealed class ProactorInputPipe : PipeReader, IValueTaskSource<ReadResul
         _pool = pool;
         _dispatcher = dispatcher;
         _onResume = onResume;
-        _pauseThreshold = pauseThreshold <= 0 ? long.MaxValue : pauseThreshold;
-        _resumeThreshold = pauseThreshold <= 0 ? long.MaxValue : pauseThreshold / 2;
+        _configuredPauseThreshold = pauseThreshold <= 0 ? long.MaxValue : pauseThreshold;
+        SetThresholds(Math.Min(_configuredPauseThreshold, PreReadPauseThreshold));
         // Inline: the application's read continuation runs on the dispatcher that appended (the socket
         // transport's UnsafePreferInlineScheduling); otherwise on the thread pool.
         _readSource.RunContinuationsAsynchronously = !inlineContinuations;
     }
-
-    /// <summary>Buffers of the lender this connection holds (for its cap and for tests).</summary>
-    public int LentCount => Volatile.Read(ref _lentCount);
 
     public enum AppendResult
     {
         /// <summary>Keep receiving.</summary>
         Continue,
 
-        /// <summary>The unread bytes reached the pause threshold: stop receiving until onResume.</summary>
+        /// <summary>The unexamined bytes reached the pause threshold: stop receiving until onResume.</summary>
         Pause,
 
-        /// <summary>The application completed its reader: nobody will read more (the buffer was returned).</summary>
+        /// <summary>The reader or the writer was completed: nobody will read more (a lent buffer stays the caller's).</summary>
         ReaderCompleted,
     }
 
-    /// <summary>Dispatcher: hands the application <paramref name="length"/> bytes of lent buffer <paramref name="bufferId"/>.</summary>
-    public AppendResult Append(int bufferId, int length)
-    {
-        Segment segment = RentSegment();
-        segment.SetLent(bufferId, _lender.GetMemory(bufferId).Slice(0, length));
-        return AppendSegment(segment);
-    }
-
-    /// <summary>
-    /// Dispatcher: hands the application a copy of <paramref name="data"/> in pool blocks (the lender's buffer
-    /// goes back at once). Kestrel's pool hands out blocks of at most 4 KiB, so a receive may take several.
-    /// </summary>
-    public AppendResult AppendCopy(ReadOnlySpan<byte> data)
-    {
-        AppendResult result = AppendResult.Continue;
-        int blockSize = _pool.MaxBufferSize > 0 ? _pool.MaxBufferSize : data.Length;
-        while (!data.IsEmpty)
-        {
-            int length = Math.Min(data.Length, blockSize);
-            IMemoryOwner<byte> owner = _pool.Rent(length);
-            length = Math.Min(length, owner.Memory.Length);
-            data.Slice(0, length).CopyTo(owner.Memory.Span);
-            data = data.Slice(length);
-            Segment segment = RentSegment();
-            segment.SetOwned(owner, length);
-            AppendResult appended = AppendSegment(segment);
-            if (appended == AppendResult.ReaderCompleted)
-            {
-                return appended;
-            }
-
-            if (appended == AppendResult.Pause)
-            {
-                result = AppendResult.Pause;
-            }
-        }
-
-        return result;
-    }
-
-    private AppendResult AppendSegment(Segment segment)
-    {
-        bool complete;
-        ReadResult read;
-        AppendResult result;
-        lock (_sync)
-        {
-            if (_readerCompleted || _writerCompleted)
-            {
-                // The caller keeps ownership of a lent buffer it could not hand over.
-                segment.Disown();
-                ReleaseSegment(segment);
-                return AppendResult.ReaderCompleted;
-            }
-
-            if (segment.IsLent)
-            {
-                _lentCount++;
-            }
-
-            if (_paused)
-            {
-                // Arrived after the pause point, before the receive was stopped: held back, as unflushed bytes
-                // are in a pipe, and shown to the application as it consumes (see AdvanceTo).
-                if (_heldTail is null)
-                {
-                    _heldHead = segment;
-                }
-                else
-                {
-                    _heldTail.NextInChain = segment;
-                }
-
-                _heldTail = segment;
-                return AppendResult.Pause;
-            }
-
-            Publish(segment);
-
-            result = _paused ? AppendResult.Pause : AppendResult.Continue;
-            complete = TryTakePendingRead(out read);
-        }
-
-        // Outside the lock: with inline scheduling the application's continuation runs right here.
-        if (complete)
-        {
-            _readSource.SetResult(read);
-        }
-
-        return result;
-    }
-
-    // Under _sync: makes a segment part of what the reader sees.
-    private void Publish(Segment segment)
-    {
-        segment.RunningIndex = _runningIndex;
-        _runningIndex += segment.Memory.Length;
-        if (_tail is null)
-        {
-            _head = segment;
-            _headIndex = 0;
-        }
-        else
-        {
-            _tail.SetNext(segment);
-        }
-
-        _tail = segment;
-        _unread += segment.Memory.Length;
-        _examinedAll = false;
-        if (_runningIndex - _examinedIndex >= _pauseThreshold)
-        {
-            _paused = true;
-        }
-    }
-
-    /// <summary>Dispatcher: no more data. The reader sees the end after the data already appended.</summary>
-    public void CompleteWriter(Exception? error)
-    {
-        bool complete;
-        ReadResult read;
-        lock (_sync)
-        {
-            if (_writerCompleted)
-            {
-                return;
-            }
-
-            _writerCompleted = true;
-            _writerError = error;
-            complete = TryTakePendingRead(out read);
-        }
-
-        if (complete)
-        {
-            if (error is not null && read.IsCompleted)
-            {
-                _readSource.SetException(error);
-            }
-            else
-            {
-                _readSource.SetResult(read);
-            }
-        }
-    }
-
-    // Under _sync: if a read waits and there is something new to return, build its result.
-    private bool TryTakePendingRead(out ReadResult read)
-    {
-        read = default;
-        if (!_readPending)
-        {
-            return false;
-        }
-
-        if (_cancelNextRead)
-        {
-            _cancelNextRead = false;
-            _readPending = false;
-            read = new ReadResult(CurrentBuffer(), isCanceled: true, isCompleted: false);
-            return true;
-        }
-
-        bool completed = _writerCompleted && _heldHead is null;
-        if ((_unread > 0 && !_examinedAll) || completed)
-        {
-            _readPending = false;
-            read = new ReadResult(CurrentBuffer(), isCanceled: false, isCompleted: completed);
-            return true;
-        }
-
-        return false;
-    }
-
-    private ReadOnlySequence<byte> CurrentBuffer()
-        => _head is null ? ReadOnlySequence<byte>.Empty : new ReadOnlySequence<byte>(_head, _headIndex, _tail!, _tail!.Memory.Length);
-
-    public override ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
-    {
-        lock (_sync)
-        {
-            ThrowIfReaderCompleted();
-            if (_readPending)
-            {
-                throw new InvalidOperationException("A read is already pending.");
-            }
-
-            _readPending = true;
-            if (TryTakePendingRead(out ReadResult read))
-            {
-                if (_writerError is not null && read.IsCompleted)
-                {
-                    return ValueTask.FromException<ReadResult>(_writerError);
-                }
-
-                return new ValueTask<ReadResult>(read);
-            }
-
-            _readSource.Reset();
-            if (cancellationToken.CanBeCanceled)
-            {
-                // As with System.IO.Pipelines, a cancelled token fails the read with OperationCanceledException
-                // (CancelPendingRead instead returns a result marked IsCanceled).
-                _readToken = cancellationToken;
-                _readRegistration = cancellationToken.UnsafeRegister(static state => ((ProactorInputPipe)state!).CancelReadByToken(), this);
-            }
-
-            return new ValueTask<ReadResult>(this, _readSource.Version);
-        }
-    }
-
-    public override bool TryRead(out ReadResult result)
-    {
-        lock (_sync)
-        {
-            ThrowIfReaderCompleted();
-            if (_cancelNextRead)
-            {
-                _cancelNextRead = false;
-                result = new ReadResult(CurrentBuffer(), isCanceled: true, isCompleted: false);
-                return true;
-            }
-
-            bool completed = _writerCompleted && _heldHead is null;
-            if ((_unread > 0 && !_examinedAll) || completed)
-            {
-                if (_writerError is not null && completed)
-                {
-                    throw _writerError;
-                }
-
-                result = new ReadResult(CurrentBuffer(), isCanceled: false, isCompleted: completed);
-                return true;
-            }
-
-            result = default;
-            return false;
-        }
-    }
-
-    public override void AdvanceTo(SequencePosition consumed) => AdvanceTo(consumed, consumed);
-
-    public override void AdvanceTo(SequencePosition consumed, SequencePosition examined)
-    {
-        Segment? released = null;
-        bool resume = false;
-        lock (_sync)
-        {
-            ThrowIfReaderCompleted();
-            if (_head is null)
-            {
-                return;
-            }
-
-            var consumedSegment = (Segment?)consumed.GetObject();
-            int consumedIndex = consumed.GetInteger();
-            if (consumedSegment is not null)
-            {
-                // Free every segment before the consumed one, and the consumed one when it is used up.
-                while (_head is not null && _head != consumedSegment)
-                {
-                    Segment done = _head;
-                    _unread -= done.Memory.Length - _headIndex;
-                    _head = done.NextSegment;
-                    _headIndex = 0;
-                    done.NextInChain = released;
-                    released = done;
-                }
-
-                if (_head is not null)
-                {
-                    _unread -= consumedIndex - _headIndex;
-                    _headIndex = consumedIndex;
-                    if (_headIndex == _head.Memory.Length)
-                    {
-                        Segment done = _head;
-                        _head = done.NextSegment;
-                        _headIndex = 0;
-                        done.NextInChain = released;
-                        released = done;
-                    }
-                }
-
-                if (_head is null)
-                {
-                    _tail = null;
-                }
-            }
-
-            var examinedSegment = (Segment?)examined.GetObject();
-            _examinedAll = _tail is null || (examinedSegment == _tail && examined.GetInteger() == _tail.Memory.Length);
-            long examinedIndex = _tail is null
-                ? _runningIndex
-                : examinedSegment is not null ? examinedSegment.RunningIndex + examined.GetInteger() : _examinedIndex;
-            if (examinedIndex > _examinedIndex)
-            {
-                _examinedIndex = examinedIndex;
-            }
-
-            if (_paused && _runningIndex - _examinedIndex <= _resumeThreshold)
-            {
-                // Show what was held back first; receiving resumes only if it all fits under the pause point.
-                _paused = false;
-                while (_heldHead is not null && !_paused)
-                {
-                    Segment next = _heldHead;
-                    _heldHead = next.NextInChain;
-                    next.NextInChain = null;
-                    Publish(next);
-                }
-
-                if (_heldHead is null)
-                {
-                    _heldTail = null;
-                }
-
-                resume = !_paused;
-            }
-
-            for (Segment? s = released; s is not null; s = s.NextInChain)
-            {
-                if (s.IsLent)
-                {
-                    _lentCount--;
-                }
-            }
-        }
-
-        ReleaseChain(released);
-        if (resume)
-        {
-            _dispatcher.Schedule(static state => ((Action)state!)(), _onResume);
-        }
-    }
-
-    private void CancelReadByToken()
-    {
-        bool pending;
-        lock (_sync)
-        {
-            pending = _readPending;
-            _readPending = false;
-        }
-
-        if (pending)
-        {
-            _readSource.SetException(new OperationCanceledException(_readToken));
-        }
-    }
-
-    public override void CancelPendingRead()
-    {
-        bool complete;
-        ReadResult read;
-        lock (_sync)
-        {
-            _cancelNextRead = true;
-            complete = TryTakePendingRead(out read);
-        }
-
-        if (complete)
-        {
-            _readSource.SetResult(read);
-        }
-    }
-
-    public override void Complete(Exception? exception = null)
-    {
-        Segment? released = null;
-        bool resume = false;
-        lock (_sync)
-        {
-            if (_readerCompleted)
-            {
-                return;
-            }
-
-            _readerCompleted = true;
-            for (Segment? s = _head; s is not null; s = s.NextSegment)
-            {
-                s.NextInChain = released;
-                released = s;
-                if (s.IsLent)
-                {
-                    _lentCount--;
-                }
-            }
-
-            for (Segment? s = _heldHead; s is not null;)
-            {
-                Segment next = s.NextInChain!;
-                s.NextInChain = released;
-                released = s;
-                if (s.IsLent)
-                {
-                    _lentCount--;
-                }
-
-                s = next;
-            }
-
-            _head = _tail = null;
-            _heldHead = _heldTail = null;
-            _unread = 0;
-            resume = _paused;
-            _paused = false;
-        }
-
-        ReleaseChain(released);
-        if (resume)
-        {
-            // Let the connection see the reader is gone (its next append reports ReaderCompleted).
-            _dispatcher.Schedule(static state => ((Action)state!)(), _onResume);
-        }
-    }
+    /// <summary>Buffers of the lender this pipe holds (for the connection's cap and for tests).</summary>
+    public int LentCount => Volatile.Read(ref _lentCount);
 
     /// <summary>True once the application completed the reader.</summary>
     public bool IsReaderCompleted
@@ -509,113 +99,301 @@ internal sealed class ProactorInputPipe : PipeReader, IValueTaskSource<ReadResul
         }
     }
 
-    private void ThrowIfReaderCompleted()
+    /// <summary>The exception the application completed the reader with, if any.</summary>
+    public Exception? ReaderError
     {
-        if (_readerCompleted)
+        get
         {
-            throw new InvalidOperationException("Reading is not allowed after the reader was completed.");
-        }
-    }
-
-    private void ReleaseChain(Segment? chain)
-    {
-        while (chain is not null)
-        {
-            Segment next = chain.NextInChain!;
-            ReleaseSegment(chain);
-            chain = next;
-        }
-    }
-
-    private void ReleaseSegment(Segment segment)
-    {
-        if (segment.IsLent)
-        {
-            _lender.Return(segment.BufferId);
-        }
-
-        segment.Reset();
-        lock (_sync)
-        {
-            segment.NextInChain = _free;
-            _free = segment;
-        }
-    }
-
-    private Segment RentSegment()
-    {
-        lock (_sync)
-        {
-            Segment? segment = _free;
-            if (segment is not null)
+            lock (_sync)
             {
-                _free = segment.NextInChain;
-                segment.NextInChain = null;
-                return segment;
+                return _readerError;
+            }
+        }
+    }
+
+    /// <summary>True while back-pressure holds the writer.</summary>
+    public bool IsPaused
+    {
+        get
+        {
+            lock (_sync)
+            {
+                return _paused;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Dispatcher: hands over one receive. It is lent as it is when <paramref name="bufferId"/> is a buffer the
+    /// caller may lend, the receive fills at least a quarter of it and the pipe is not paused (bytes held back by
+    /// back-pressure must not pin the lender's buffers); otherwise it is copied (see <see cref="AppendCopy"/>).
+    /// Bounds: a lent segment holds at least a quarter of its buffer; copies fill the tail before a new block is
+    /// taken, so only a block followed by a lent segment can be left part empty. Held memory is thus at most about
+    /// five times the bytes held, plus the tail buffer.
+    /// </summary>
+    /// <param name="data">The bytes received.</param>
+    /// <param name="bufferId">The lender's buffer holding them, if the caller may lend it; else -1.</param>
+    /// <param name="taken">True when the pipe took the lent buffer (it goes back to the lender once consumed).</param>
+    public AppendResult AppendReceived(ReadOnlySpan<byte> data, int bufferId, out bool taken)
+    {
+        taken = false;
+        if (bufferId >= 0 && data.Length >= _lender.GetMemory(bufferId).Length / 4 && !IsPaused)
+        {
+            AppendResult lent = Append(bufferId, data.Length);
+            taken = lent != AppendResult.ReaderCompleted;
+            return lent;
+        }
+
+        return AppendCopy(data);
+    }
+
+    /// <summary>Dispatcher: hands the application <paramref name="length"/> bytes of lent buffer <paramref name="bufferId"/>, without a copy.</summary>
+    public AppendResult Append(int bufferId, int length)
+    {
+        bool complete;
+        AppendResult result;
+        lock (_sync)
+        {
+            if (_readerCompleted || _writerCompleted)
+            {
+                return AppendResult.ReaderCompleted;
+            }
+
+            var segment = new ProactorInputSegment();
+            segment.SetLent(bufferId, _lender.GetMemory(bufferId), length);
+            _lentCount++;
+            if (_paused)
+            {
+                Hold(segment);
+                return AppendResult.Pause;
+            }
+
+            Link(segment);
+            _end += length;
+            result = OnAppended();
+            complete = TryTakePendingRead();
+        }
+
+        // Outside the lock: with inline scheduling the application's continuation runs right here.
+        if (complete)
+        {
+            _readSource.SetResult(true);
+        }
+
+        return result;
+    }
+
+    /// <summary>
+    /// Dispatcher: hands the application a copy of <paramref name="data"/>, appended to the free room of the last
+    /// segment and then to new pool blocks (the caller keeps its buffer).
+    /// </summary>
+    public AppendResult AppendCopy(ReadOnlySpan<byte> data)
+    {
+        bool complete;
+        AppendResult result;
+        lock (_sync)
+        {
+            if (_readerCompleted || _writerCompleted)
+            {
+                return AppendResult.ReaderCompleted;
+            }
+
+            // Under the lock: the reader may release a fully consumed tail at any moment, and the copy must not
+            // land in memory that went back to the pool. The copies are at most one receive long.
+            if (_paused)
+            {
+                data = data[(_heldTail?.Append(data) ?? 0)..];
+                while (!data.IsEmpty)
+                {
+                    ProactorInputSegment held = NewBlock();
+                    data = data[held.Append(data)..];
+                    Hold(held);
+                }
+
+                return AppendResult.Pause;
+            }
+
+            if (_tail is not null)
+            {
+                int appended = _tail.Append(data);
+                _end += appended;
+                data = data[appended..];
+            }
+
+            while (!data.IsEmpty)
+            {
+                ProactorInputSegment segment = NewBlock();
+                Link(segment);
+                int appended = segment.Append(data);
+                _end += appended;
+                data = data[appended..];
+            }
+
+            result = OnAppended();
+            complete = TryTakePendingRead();
+        }
+
+        if (complete)
+        {
+            _readSource.SetResult(true);
+        }
+
+        return result;
+    }
+
+    /// <summary>Dispatcher: no more data. The reader sees the end after the data already appended, or the error.</summary>
+    public void CompleteWriter(Exception? error)
+    {
+        bool complete;
+        lock (_sync)
+        {
+            if (_writerCompleted)
+            {
+                return;
+            }
+
+            _writerCompleted = true;
+            // Captured, so that every read that throws it keeps the stack it had (if it was thrown) and adds its own.
+            _writerError = error is null ? null : ExceptionDispatchInfo.Capture(error);
+            _signaled = true;
+            complete = TryTakePendingRead();
+        }
+
+        if (complete)
+        {
+            _readSource.SetResult(true);
+        }
+    }
+
+    // Under _sync: appends a segment to the chain, after the current tail.
+    private void Link(ProactorInputSegment segment)
+    {
+        segment.Link(this, _end);
+        if (_tail is null)
+        {
+            _head = segment;
+            _headIndex = 0;
+        }
+        else
+        {
+            _tail.SetNext(segment);
+        }
+
+        _tail = segment;
+    }
+
+    // Under _sync, after bytes were appended: wake the reader, and pause when the unexamined bytes reached the threshold.
+    private AppendResult OnAppended()
+    {
+        _signaled = true;
+        if (!_paused && _end - _examined >= _pauseThreshold)
+        {
+            _paused = true;
+        }
+
+        return _paused ? AppendResult.Pause : AppendResult.Continue;
+    }
+
+    private void SetThresholds(long pauseThreshold)
+    {
+        _pauseThreshold = pauseThreshold;
+        // As Pipe: resume below half. With a threshold of 1 that is 0, which nothing is below; resume at 0 then.
+        _resumeThreshold = pauseThreshold == long.MaxValue ? long.MaxValue : Math.Max(1, pauseThreshold / 2);
+    }
+
+    /// <summary>Runs on the dispatcher after a resume was scheduled.</summary>
+    private void RunResume()
+    {
+        lock (_sync)
+        {
+            if (_paused && !_readerCompleted)
+            {
+                // A late arrival (a multishot receive's last completions) paused the pipe again after the resume was
+                // scheduled: receiving must not restart; the application's next consume schedules another resume.
+                return;
             }
         }
 
-        return new Segment();
+        _onResume();
     }
 
-    ReadResult IValueTaskSource<ReadResult>.GetResult(short token)
+    // Under _sync. A new segment each time, never a reused one: a position the application kept from an earlier
+    // read then cannot name bytes that arrived later (Pipe reuses its segments, and there a stale AdvanceTo
+    // consumes unread bytes). The pool's usual block (Kestrel's is 4 KiB): copies are small, and fill it first.
+    private ProactorInputSegment NewBlock()
     {
-        _readRegistration.Dispose();
-        _readRegistration = default;
-        _readToken = default;
-        return _readSource.GetResult(token);
+        var segment = new ProactorInputSegment();
+        segment.SetOwned(_pool.Rent());
+        return segment;
     }
 
-    ValueTaskSourceStatus IValueTaskSource<ReadResult>.GetStatus(short token) => _readSource.GetStatus(token);
-
-    void IValueTaskSource<ReadResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
-        => _readSource.OnCompleted(continuation, state, token, flags);
-
-    private sealed class Segment : ReadOnlySequenceSegment<byte>
+    // Under _sync, while paused: keeps bytes that arrived after the pause point (a multishot receive's completions
+    // before its cancel landed) out of the reader's sight, as a paused Pipe writer would not have flushed them. The
+    // reader sees them as it consumes (TryResume), so what it is shown stays near MaxReadBufferSize.
+    private void Hold(ProactorInputSegment segment)
     {
-        private IMemoryOwner<byte>? _owner;
-
-        public int BufferId { get; private set; } = -1;
-
-        public bool IsLent => BufferId >= 0;
-
-        /// <summary>Links segments being released or free, without touching the sequence links.</summary>
-        public Segment? NextInChain { get; set; }
-
-        public Segment? NextSegment => (Segment?)Next;
-
-        public void SetLent(int bufferId, Memory<byte> memory)
+        if (_heldTail is null)
         {
-            BufferId = bufferId;
-            Memory = memory;
+            _heldHead = segment;
+        }
+        else
+        {
+            _heldTail.NextInChain = segment;
         }
 
-        public void SetOwned(IMemoryOwner<byte> owner, int length)
+        _heldTail = segment;
+    }
+
+    // Under _sync, once the unexamined bytes went below the resume threshold: unpauses, shows held segments until
+    // the pause threshold is reached again; true if the writer may resume (nothing is held any more).
+    private bool TryResume()
+    {
+        _paused = false;
+        while (_heldHead is not null && !_paused)
         {
-            _owner = owner;
-            BufferId = -1;
-            Memory = owner.Memory.Slice(0, length);
+            ProactorInputSegment next = _heldHead;
+            _heldHead = next.NextInChain;
+            next.NextInChain = null;
+            Link(next);
+            _end += next.Length;
+            OnAppended();
         }
 
-        public void SetNext(Segment next) => Next = next;
-
-        /// <summary>Forgets a lent buffer without returning it (its owner keeps it).</summary>
-        public void Disown() => BufferId = -1;
-
-        public void Reset()
+        if (_heldHead is null)
         {
-            _owner?.Dispose();
-            _owner = null;
-            BufferId = -1;
-            Memory = default;
-            Next = null;
-            RunningIndex = 0;
+            _heldTail = null;
         }
 
-        public new long RunningIndex
+        return !_paused;
+    }
+
+    // Under _sync: takes a segment out of the chain; its memory is released after the lock (ReleaseChain).
+    private void Unlink(ProactorInputSegment segment, ref ProactorInputSegment? released)
+    {
+        if (segment.IsLent)
         {
-            get => base.RunningIndex;
-            set => base.RunningIndex = value;
+            _lentCount--;
+        }
+
+        segment.Detach();
+        segment.NextInChain = released;
+        released = segment;
+    }
+
+    // Outside _sync: gives each segment's memory back (lent buffers to the lender, blocks to the pool).
+    private void ReleaseChain(ProactorInputSegment? chain)
+    {
+        while (chain is not null)
+        {
+            ProactorInputSegment next = chain.NextInChain!;
+            if (chain.IsLent)
+            {
+                _lender.Return(chain.BufferId);
+            }
+
+            chain.Reset();
+            chain.NextInChain = null;
+            chain = next;
         }
     }
 }

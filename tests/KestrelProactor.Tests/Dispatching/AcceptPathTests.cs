@@ -26,7 +26,8 @@ public class AcceptPathTests
         ProactorDispatcher[] dispatchers = ((ProactorTransportFactory)harness.Factory).Backend!.Dispatchers;
         long connectionsBefore = dispatchers.Sum(d => d.OpenConnections);
         long lentBefore = dispatchers.Sum(d => d.ReceiveBuffersLent);
-        byte[] request = Encoding.ASCII.GetBytes("early bytes");
+        // 8 KiB, so that the receive is lent (the input copies receives under a quarter of a buffer).
+        byte[] request = Encoding.ASCII.GetBytes(string.Concat(Enumerable.Repeat("early bytes ", 683)));
 
         // Act: connect and send, and only then, once the transport has the bytes, let Kestrel's side accept.
         Socket client = await harness.ConnectAsync();
