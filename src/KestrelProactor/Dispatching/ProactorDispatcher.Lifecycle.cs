@@ -23,8 +23,9 @@ namespace KestrelProactor.Dispatching;
 /// (<see cref="KeepForKernel"/>, logged) rather than free memory the kernel may still write.
 /// </para>
 /// <para>
-/// The memory pool is disposed once nothing can use it: after the dispatcher has ended and every connection made
-/// on it has been disposed (each holds a lease, see <see cref="TryAcquirePoolLease"/>).
+/// The memory pool is given back once nothing here can use it: after the dispatcher has ended and every connection
+/// made on it has been disposed (each holds a lease, see <see cref="TryAcquirePoolLease"/>). It is disposed when no
+/// other dispatcher of the backend holds it either (<see cref="ProactorMemoryPools"/>).
 /// </para>
 /// </summary>
 internal abstract partial class ProactorDispatcher
@@ -34,8 +35,6 @@ internal abstract partial class ProactorDispatcher
 
     /// <summary>Memory the kernel may still use after its dispatcher ended: rooted for the life of the process.</summary>
     private static readonly ConcurrentQueue<object> s_keptForKernel = new();
-
-    private readonly bool _ownsPool;
 
     /// <summary>One for the dispatcher until it has ended, one per connection until it is disposed.</summary>
     private int _poolLeases = 1;
@@ -59,7 +58,7 @@ internal abstract partial class ProactorDispatcher
     /// <summary>When the loop ended (<see cref="Stopwatch"/> ticks; for tests).</summary>
     internal long EndedTimestamp { get; private set; }
 
-    /// <summary>True once the pool this dispatcher took has been disposed (or was never its own to dispose).</summary>
+    /// <summary>True once this dispatcher has given back its hold on its pool (disposed unless another dispatcher holds it).</summary>
     internal bool PoolReleased => Volatile.Read(ref _poolLeases) == 0;
 
     /// <summary>Objects kept alive because the kernel may still use their memory (for tests).</summary>
@@ -250,19 +249,15 @@ internal abstract partial class ProactorDispatcher
         return false;
     }
 
-    /// <summary>Gives back a lease; the last one disposes the pool, when it is this transport's.</summary>
+    /// <summary>
+    /// Gives back a lease; the last one gives this dispatcher's hold on the pool back to the backend, which disposes
+    /// the pool once no dispatcher holds it (see <see cref="ProactorMemoryPools"/>).
+    /// </summary>
     public void ReleasePoolLease()
     {
-        if (Interlocked.Decrement(ref _poolLeases) == 0 && _ownsPool)
+        if (Interlocked.Decrement(ref _poolLeases) == 0)
         {
-            try
-            {
-                MemoryPool.Dispose();
-            }
-            catch (Exception ex)
-            {
-                ProactorLog.WorkItemFault(Logger, Id, ex);
-            }
+            Context.MemoryPools.Release(MemoryPool, Logger, Id);
         }
     }
 
