@@ -351,7 +351,8 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
             _retryTimer?.Dispose();
             _retryTimer = null;
             ProactorDispatcher next = _backend.NextDispatcher();
-            bool canMove = current.HasFailed && !_unbinding && !next.HasEnded && !next.HasFailed && !next.StopRequested && next.CanTakeOverListener;
+            bool canMove = current.HasFailed && current.QueueClosed && !_unbinding && !next.HasEnded && !next.HasFailed && !next.StopRequested && next.CanTakeOverListener;
+            // A queue whose teardown failed may still hold this listener's accept: another must not accept too.
             if (!canMove)
             {
                 if (current.HasFailed && !_unbinding)
