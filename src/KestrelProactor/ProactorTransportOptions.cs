@@ -158,6 +158,13 @@ public sealed class ProactorTransportOptions
     /// <summary>
     /// The memory pool for connection pipes. Kestrel's pool (from <c>IMemoryPoolFactory&lt;byte&gt;</c>) is used when <c>null</c>.
     /// </summary>
-    /// <remarks>Defaults to <c>null</c>.</remarks>
+    /// <remarks>
+    /// Defaults to <c>null</c>. Called once per dispatcher when the transport starts. The pools it returns belong to
+    /// the transport, as the pools Kestrel's socket transport takes from its factory belong to it: each distinct
+    /// instance is disposed exactly once, after the last dispatcher and the last connection using it are done with
+    /// it. Returning the same pool on every call is supported (it is disposed once, when the transport is done with
+    /// it); a pool that must outlive the transport, or that several transport factories share, must ignore
+    /// <see cref="IDisposable.Dispose"/> or not come from this option. <see cref="MemoryPool{T}.Shared"/> is never disposed.
+    /// </remarks>
     public Func<MemoryPool<byte>>? MemoryPoolFactory { get; set; }
 }

@@ -23,8 +23,9 @@ namespace KestrelProactor.Dispatching;
 /// (<see cref="KeepForKernel"/>, logged) rather than free memory the kernel may still write.
 /// </para>
 /// <para>
-/// The memory pool is disposed once nothing can use it: after the dispatcher has ended and every connection made
-/// on it has been disposed (each holds a lease, see <see cref="TryAcquirePoolLease"/>).
+/// The memory pool is given back once nothing here can use it: after the dispatcher has ended and every connection
+/// made on it has been disposed (each holds a lease, see <see cref="TryAcquirePoolLease"/>). It is disposed when no
+/// other dispatcher of the backend holds it either (<see cref="ProactorMemoryPools"/>).
 /// </para>
 /// </summary>
 internal abstract partial class ProactorDispatcher
@@ -32,10 +33,11 @@ internal abstract partial class ProactorDispatcher
     /// <summary>How long a stop waits for the owners to close before it releases those that are left.</summary>
     public static readonly TimeSpan StopTimeout = TimeSpan.FromSeconds(5);
 
+    /// <summary>How long the end of a healthy loop waits for the kernel to answer what it cancelled (<see cref="QuiesceKernel"/>).</summary>
+    public static readonly TimeSpan QuiesceTimeout = TimeSpan.FromSeconds(1);
+
     /// <summary>Memory the kernel may still use after its dispatcher ended: rooted for the life of the process.</summary>
     private static readonly ConcurrentQueue<object> s_keptForKernel = new();
-
-    private readonly bool _ownsPool;
 
     /// <summary>One for the dispatcher until it has ended, one per connection until it is disposed.</summary>
     private int _poolLeases = 1;
@@ -50,6 +52,12 @@ internal abstract partial class ProactorDispatcher
     /// <summary>True once the loop is over and its kernel queue closed (stopped or failed): nothing runs here any more.</summary>
     public bool HasEnded => _ended;
 
+    /// <summary>
+    /// True once the loop has ended and its kernel queue was closed. False after an end whose teardown failed: the
+    /// queue may still hold operations (an armed accept), so nothing of it may be taken over elsewhere.
+    /// </summary>
+    public bool QueueClosed { get; private set; }
+
     /// <summary>True once a stop was asked for.</summary>
     internal bool StopRequested => _stopRequested;
 
@@ -59,7 +67,7 @@ internal abstract partial class ProactorDispatcher
     /// <summary>When the loop ended (<see cref="Stopwatch"/> ticks; for tests).</summary>
     internal long EndedTimestamp { get; private set; }
 
-    /// <summary>True once the pool this dispatcher took has been disposed (or was never its own to dispose).</summary>
+    /// <summary>True once this dispatcher has given back its hold on its pool (disposed unless another dispatcher holds it).</summary>
     internal bool PoolReleased => Volatile.Read(ref _poolLeases) == 0;
 
     /// <summary>Objects kept alive because the kernel may still use their memory (for tests).</summary>
@@ -67,9 +75,33 @@ internal abstract partial class ProactorDispatcher
 
     /// <summary>
     /// A test hook: runs on the dispatcher thread once its loop has ended (stopped or failed), before its kernel
-    /// queue is closed.
+    /// queue is closed. A throw takes the path of a failed teardown.
     /// </summary>
     internal static Action<ProactorDispatcher>? TestTeardownHook { get; set; }
+
+    /// <summary>
+    /// Whether the kernel may use memory of <paramref name="owner"/> whatever closing the queue does (a zero-copy
+    /// send whose pages still sit in the socket's queue until its notification). Such an owner is always released
+    /// as maybe-live.
+    /// </summary>
+    protected virtual bool HoldsMemoryBeyondQueue(IOperationOwner owner) => false;
+
+    /// <summary>
+    /// Dispatcher thread, after a loop that ended without failing (a stop, or a stop's deadline), before
+    /// <see cref="Teardown"/>: submits what is queued, cancels what is in flight and runs the completions that follow,
+    /// for at most <see cref="QuiesceTimeout"/>.
+    /// </summary>
+    protected virtual void QuiesceKernel()
+    {
+    }
+
+    /// <summary>
+    /// Dispatcher thread, after the loop failed, before <see cref="Teardown"/>: without using the kernel queue again,
+    /// closes the descriptors it would have closed (queued closes, completed accepts nobody read).
+    /// </summary>
+    protected virtual void SalvageAfterFailure()
+    {
+    }
 
     /// <summary>
     /// Whether closing the kernel queue (<see cref="Teardown"/>) ends every access of the kernel to the memory of
@@ -141,10 +173,29 @@ internal abstract partial class ProactorDispatcher
     private void End(Exception? failure)
     {
         Exception reason = failure ?? new ConnectionAbortedException("The transport stopped before this connection closed.");
-        bool tornDown = false;
-        TestTeardownHook?.Invoke(this);
         try
         {
+            if (failure is null)
+            {
+                // A healthy queue: what was queued goes out and what is in flight is cancelled and waited for, so
+                // queued closes happen and what is still counted below is truly maybe-live.
+                QuiesceKernel();
+            }
+            else
+            {
+                // A failed queue is not used again: what it would have closed is closed without it.
+                SalvageAfterFailure();
+            }
+        }
+        catch (Exception ex)
+        {
+            ProactorLog.WorkItemFault(Logger, Id, ex);
+        }
+
+        bool tornDown = false;
+        try
+        {
+            TestTeardownHook?.Invoke(this);
             Teardown();
             tornDown = true;
         }
@@ -154,6 +205,7 @@ internal abstract partial class ProactorDispatcher
             ProactorLog.WorkItemFault(Logger, Id, ex);
         }
 
+        QueueClosed = tornDown;
         _ended = true;
         EndedTimestamp = Stopwatch.GetTimestamp();
         if (failure is not null)
@@ -163,12 +215,14 @@ internal abstract partial class ProactorDispatcher
 
         // Before the end is published: until then no other thread releases an owner of this dispatcher, so each
         // owner in the table is released here, with what its operations may still hold.
+        // A queue whose teardown failed may still run anything: every owner is treated as maybe-live.
         bool kernelDone = tornDown && TeardownEndsKernelAccess;
         var owners = new List<IOperationOwner>();
         Table.CopyOwners(owners);
         foreach (IOperationOwner owner in owners)
         {
-            ReleaseOwner(owner, reason, operationsMayBeLive: !kernelDone && Table.InFlightOf(owner) != 0);
+            bool mayBeLive = !tornDown || (!kernelDone && Table.InFlightOf(owner) != 0) || HoldsMemoryBeyondQueue(owner);
+            ReleaseOwner(owner, reason, operationsMayBeLive: mayBeLive);
         }
 
         DrainLocalWork(reason);
@@ -250,19 +304,15 @@ internal abstract partial class ProactorDispatcher
         return false;
     }
 
-    /// <summary>Gives back a lease; the last one disposes the pool, when it is this transport's.</summary>
+    /// <summary>
+    /// Gives back a lease; the last one gives this dispatcher's hold on the pool back to the backend, which disposes
+    /// the pool once no dispatcher holds it (see <see cref="ProactorMemoryPools"/>).
+    /// </summary>
     public void ReleasePoolLease()
     {
-        if (Interlocked.Decrement(ref _poolLeases) == 0 && _ownsPool)
+        if (Interlocked.Decrement(ref _poolLeases) == 0)
         {
-            try
-            {
-                MemoryPool.Dispose();
-            }
-            catch (Exception ex)
-            {
-                ProactorLog.WorkItemFault(Logger, Id, ex);
-            }
+            Context.MemoryPools.Release(MemoryPool, Logger, Id);
         }
     }
 

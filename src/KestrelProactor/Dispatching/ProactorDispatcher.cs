@@ -44,10 +44,8 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
         Context = context;
         Logger = context.Logger;
         Options = context.Options;
-        MemoryPool = context.MemoryPoolFactory();
-        // Kestrel's pools (and those of the MemoryPoolFactory option) are the transport's to dispose; the shared
-        // fallback is nobody's.
-        _ownsPool = !ReferenceEquals(MemoryPool, MemoryPool<byte>.Shared);
+        // Counted by instance across the backend's dispatchers: a factory may hand every dispatcher the same pool.
+        MemoryPool = context.MemoryPools.Acquire();
         Table = new OperationTable();
     }
 

@@ -185,10 +185,11 @@ internal sealed partial class ProactorConnection
     /// The dispatcher ended under this connection (it failed, or a stop ran out of time; see
     /// <see cref="IOperationOwner.OnDispatcherFailed"/>): its kernel queue is closed, so nothing will complete here.
     /// Close the descriptor directly, end both pipes with the error and fire <see cref="ConnectionClosed"/>, so
-    /// Kestrel sees the connection end and <see cref="DisposeAsync"/> returns. Memory a receive or a send may still
-    /// be using when <paramref name="operationsMayBeLive"/> stays in its pipe, and the pipe is never completed on
-    /// this side, so it never goes back to the pool. Runs on the ended dispatcher's thread, or on a thread whose
-    /// work item for this connection came too late to run there; once only.
+    /// Kestrel sees the connection end, the application's pending read and flush complete, and
+    /// <see cref="DisposeAsync"/> returns. When <paramref name="operationsMayBeLive"/> and a receive or a send may
+    /// still be using pipe memory, the pipes' blocks are quarantined first: they never go back to the pool. Runs on
+    /// the ended dispatcher's thread, or on a thread whose work item for this connection came too late to run there;
+    /// once only.
     /// </summary>
     void IOperationOwner.OnDispatcherFailed(Exception error, bool operationsMayBeLive)
     {
@@ -198,6 +199,15 @@ internal sealed partial class ProactorConnection
         }
 
         _finished = true;
+        bool keepInput = operationsMayBeLive && _receiveIntoPipe;
+        bool keepOutput = operationsMayBeLive && _sendActive;
+        if (_sendActive && !Socket.IsClosed)
+        {
+            // The pages of a send (zero-copy ones above all) sit in the socket's queue until the peer acknowledges
+            // them: a zero linger time makes the close below drop the queue instead of sending it on.
+            Dispatcher.SetAbortiveClose(this);
+        }
+
         // The application's views of the descriptor first (they wait for a call in progress on them), then the
         // descriptor, so the kernel ends whatever operation still points into pipe memory. One already handed to a
         // close operation is not ours to close again.
@@ -207,11 +217,11 @@ internal sealed partial class ProactorConnection
             Socket.Dispose();
         }
 
-        bool keepInput = operationsMayBeLive && _receiveIntoPipe;
-        bool keepOutput = operationsMayBeLive && _sendActive;
         if (keepInput || keepOutput)
         {
+            // Before the pipes complete: the blocks they give back then are kept, with this connection, for good.
             _memoryKeptForKernel = true;
+            _kernelMemory.Quarantine();
             Dispatcher.KeepForKernel(this, ConnectionId);
         }
 
@@ -224,11 +234,12 @@ internal sealed partial class ProactorConnection
             _inputError ??= reason;
             if (!keepInput)
             {
+                // A kept receive's block stays pinned too: the kernel may write into it, so it must not move.
                 ReleaseReceivePin();
-                CompleteInputWriter();
             }
 
-            if (!_outputEnded && !keepOutput)
+            CompleteInputWriter();
+            if (!_outputEnded)
             {
                 _outputEnded = true;
                 Output.Complete(reason);

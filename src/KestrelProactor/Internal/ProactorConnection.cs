@@ -43,6 +43,8 @@ internal sealed partial class ProactorConnection : ConnectionContext,
     private string? _connectionId;
     private int _started;
     private int _holdsPoolLease;
+    private readonly MemoryPool<byte> _memoryPool;
+    private readonly ProactorQuarantinePool _kernelMemory;
 
     public ProactorConnection(ProactorDispatcher dispatcher, SafeHandle socket, bool isTcp, EndPoint? localEndPoint, EndPoint? remoteEndPoint, ILogger logger)
     {
@@ -57,9 +59,14 @@ internal sealed partial class ProactorConnection : ConnectionContext,
         long maxRead = options.MaxReadBufferSize ?? 0;
         long maxWrite = options.MaxWriteBufferSize ?? 0;
         PipeScheduler applicationScheduler = options.UnsafePreferInlineScheduling ? PipeScheduler.Inline : PipeScheduler.ThreadPool;
-        MemoryPool<byte> pool = dispatcher.MemoryPool;
-        // The pool stays undisposed until this connection's pipes are done (DisposeAsync).
-        _holdsPoolLease = dispatcher.TryAcquirePoolLease() ? 1 : 0;
+        // The pool stays undisposed until this connection's pipes are done (DisposeAsync). A dispatcher that has
+        // already ended may have given its pool back: the connection, released at once, then uses the shared pool.
+        bool leased = dispatcher.TryAcquirePoolLease();
+        _holdsPoolLease = leased ? 1 : 0;
+        MemoryPool<byte> pool = leased ? dispatcher.MemoryPool : MemoryPool<byte>.Shared;
+        _memoryPool = pool;
+        // The pipes the kernel reads and writes take their blocks through a quarantine (see OnDispatcherFailed).
+        _kernelMemory = new ProactorQuarantinePool(pool);
 
         // Input: the dispatcher writes, the application reads; its reads resume on the pool, or inline on the
         // dispatcher if asked. Where the backend lends its receive buffers, the application reads the very
@@ -74,14 +81,14 @@ internal sealed partial class ProactorConnection : ConnectionContext,
         else
         {
             // The writer resumes (after back-pressure) on the dispatcher.
-            var input = new Pipe(new PipeOptions(pool, applicationScheduler, dispatcher, maxRead, maxRead / 2, useSynchronizationContext: false));
+            var input = new Pipe(new PipeOptions(_kernelMemory, applicationScheduler, dispatcher, maxRead, maxRead / 2, useSynchronizationContext: false));
             Input = input.Writer;
             inputReader = input.Reader;
         }
 
         // Output: the application writes, the dispatcher reads and sends. A flush on any thread becomes a
         // work item on the dispatcher, so the send it causes is batched with the rest of that pass.
-        var output = new Pipe(new PipeOptions(pool, dispatcher, applicationScheduler, maxWrite, maxWrite / 2, useSynchronizationContext: false));
+        var output = new Pipe(new PipeOptions(_kernelMemory, dispatcher, applicationScheduler, maxWrite, maxWrite / 2, useSynchronizationContext: false));
 
         Output = output.Reader;
         // Streaming sends are gathered up to half the pause threshold (at most 256 KiB), so the application rarely meets it.
@@ -139,7 +146,7 @@ internal sealed partial class ProactorConnection : ConnectionContext,
 
     public override EndPoint? RemoteEndPoint { get; set; }
 
-    MemoryPool<byte> IMemoryPoolFeature.MemoryPool => Dispatcher.MemoryPool;
+    MemoryPool<byte> IMemoryPoolFeature.MemoryPool => _memoryPool;
 
     string IProactorConnectionFeature.Backend => Dispatcher.BackendName;
 

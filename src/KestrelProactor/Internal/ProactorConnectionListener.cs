@@ -234,18 +234,8 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
         _retryTimer = new Timer(static state =>
         {
             var listener = (ProactorConnectionListener)state!;
-            listener._acceptDispatcher.Schedule(static s =>
-            {
-                var l = (ProactorConnectionListener)s!;
-                if (l._unbinding)
-                {
-                    l.StopAccepting();
-                }
-                else
-                {
-                    l.ArmAccept();
-                }
-            }, listener);
+            // Through the move guard: the listener may have moved to a dispatcher where it is not registered yet.
+            listener._acceptDispatcher.Schedule(static s => ((ProactorConnectionListener)s!).ResumeAfterMove(), listener);
         }, this, _retryDelayMs, Timeout.Infinite);
     }
 
@@ -271,19 +261,10 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
     public async ValueTask UnbindAsync(CancellationToken cancellationToken = default)
     {
         _unbinding = true;
-        _acceptDispatcher.Schedule(static state =>
-        {
-            var listener = (ProactorConnectionListener)state!;
-            if (listener.AcceptInFlight)
-            {
-                // Accepting ends once both the accept (ECANCELED) and this cancel have completed; see AdvanceUnbind.
-                listener._acceptDispatcher.SubmitCancel(listener, OperationKind.Accept);
-            }
-            else
-            {
-                listener.StopAccepting();
-            }
-        }, this);
+        // Accepting ends once both the accept (ECANCELED) and the cancel sent here have completed (see AdvanceUnbind).
+        // Through the move guard: a listener that just moved is published on its new dispatcher before its start
+        // is queued there, and an unbind queued in between must leave the stop to that start.
+        _acceptDispatcher.Schedule(static state => ((ProactorConnectionListener)state!).ResumeAfterMove(), this);
         try
         {
             await _acceptStopped.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
@@ -351,7 +332,8 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
             _retryTimer?.Dispose();
             _retryTimer = null;
             ProactorDispatcher next = _backend.NextDispatcher();
-            bool canMove = current.HasFailed && !_unbinding && !next.HasEnded && !next.HasFailed && !next.StopRequested && next.CanTakeOverListener;
+            bool canMove = current.HasFailed && current.QueueClosed && !_unbinding && !next.HasEnded && !next.HasFailed && !next.StopRequested && next.CanTakeOverListener;
+            // A queue whose teardown failed may still hold this listener's accept: another must not accept too.
             if (!canMove)
             {
                 if (current.HasFailed && !_unbinding)
@@ -385,7 +367,10 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
         }
     }
 
-    /// <summary>On the accept dispatcher: what a work item lost on a dispatcher this listener has left would have done.</summary>
+    /// <summary>
+    /// On the accept dispatcher: the unbind's or a retry's step (or what such a work item lost on a dispatcher this
+    /// listener has left would have done). Does nothing until the listener is registered there.
+    /// </summary>
     private void ResumeAfterMove()
     {
         if (_acceptStopHandled || !ReferenceEquals(_registeredOn, _acceptDispatcher))

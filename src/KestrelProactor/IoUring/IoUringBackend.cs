@@ -45,8 +45,8 @@ internal sealed class IoUringBackend : ProactorBackend
                 }
                 catch (Exception ex)
                 {
-                    // The first failure is the reason; the others (usually the same) must not escape to the outer
-                    // catch, which would prefix the reason again and leave the dispatchers that started running.
+                    // The first failure is the one reported; every later one is caught too, so the dispatchers that
+                    // did start are all stopped below instead of left running.
                     exception ??= ex;
                 }
             }

@@ -658,6 +658,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher, IRe
         sqe->fd = FdOf(connection.Socket);
         sqe->op_flags = Sys.MSG_NOSIGNAL;
         bool zeroCopy = _zeroCopySend && block.Length >= Options.ZeroCopySendThreshold;
+        block.ZeroCopy = zeroCopy;
         if (segments == 1)
         {
             sqe->opcode = zeroCopy ? IORING_OP_SEND_ZC : IORING_OP_SEND;

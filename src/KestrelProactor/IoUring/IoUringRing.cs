@@ -313,6 +313,17 @@ internal sealed unsafe partial class IoUringRing : IDisposable
         }
     }
 
+    /// <summary>
+    /// The SQEs filled that the kernel can no longer take once this thread stops entering the ring: every one past
+    /// the kernel's head, or with a polling thread (which takes what is published at any time) only those not yet
+    /// published. For the end of a failed loop, which never enters again.
+    /// </summary>
+    public (uint Start, uint End) UntakenSubmissions
+        => (PollsSubmissions ? Volatile.Read(ref *_sqTail) : Volatile.Read(ref *_sqHead), _sqeTail);
+
+    /// <summary>The SQE at a ring position in <see cref="UntakenSubmissions"/>.</summary>
+    public io_uring_sqe* SqeAt(uint position) => &_sqeArray[position & _sqMask];
+
     /// <summary>Reads the next ready CQE, if any. <see cref="AdvanceCompletions"/> releases what was read.</summary>
     public bool TryPeekCompletion(uint index, out io_uring_cqe cqe)
     {

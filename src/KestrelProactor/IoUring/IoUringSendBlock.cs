@@ -20,6 +20,9 @@ internal sealed unsafe class IoUringSendBlock : IDisposable
     /// <summary>A zero-copy send's result, kept until its notification says the kernel let go of the memory.</summary>
     public int? PendingZeroCopyResult { get; set; }
 
+    /// <summary>The send in flight is a zero-copy one: its pages are the socket's until the notification.</summary>
+    public bool ZeroCopy { get; set; }
+
     /// <summary>Bytes the prepared send covers.</summary>
     public long Length { get; private set; }
 

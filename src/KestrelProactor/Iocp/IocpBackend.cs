@@ -52,9 +52,11 @@ internal sealed class IocpBackend : ProactorBackend
                     tasks[i].GetAwaiter().GetResult();
                     started.Add(dispatchers[i]);
                 }
-                catch (Exception ex) when (exception is null)
+                catch (Exception ex)
                 {
-                    exception = ex;
+                    // The first failure is the one reported; every later one is caught too, so the dispatchers that
+                    // did start are all stopped below instead of left running.
+                    exception ??= ex;
                 }
             }
 

@@ -17,6 +17,8 @@ internal sealed class TrackingMemoryPool : MemoryPool<byte>, IMemoryPoolFactory<
     private readonly List<string> _errors = [];
     private int _outstanding;
     private int _rented;
+    private int _disposeCount;
+    private int _rentedAfterDispose;
 
     public override int MaxBufferSize => BlockSize;
 
@@ -24,21 +26,37 @@ internal sealed class TrackingMemoryPool : MemoryPool<byte>, IMemoryPoolFactory<
 
     public int Rented => Volatile.Read(ref _rented);
 
+    /// <summary>How many times the pool was disposed (an owner disposes it once; more means two owners thought it theirs).</summary>
+    public int DisposeCount => Volatile.Read(ref _disposeCount);
+
+    /// <summary>Blocks rented after the pool was disposed: whoever rented them used a pool its owner had released.</summary>
+    public int RentedAfterDispose => Volatile.Read(ref _rentedAfterDispose);
+
     public override IMemoryOwner<byte> Rent(int minBufferSize = -1)
     {
         // Larger requests are served too (a pool may be asked for more than MaxBufferSize); they are just as tracked.
         int size = Math.Max(minBufferSize, BlockSize);
+        if (DisposeCount != 0)
+        {
+            Interlocked.Increment(ref _rentedAfterDispose);
+        }
+
         Interlocked.Increment(ref _rented);
         Interlocked.Increment(ref _outstanding);
         return new Block(this, GC.AllocateArray<byte>(size, pinned: true));
     }
 
-    /// <summary>The problems seen so far: double returns and blocks written after their return.</summary>
+    /// <summary>The problems seen so far: double returns, blocks written after their return, rents after dispose.</summary>
     public IReadOnlyList<string> CollectErrors()
     {
         lock (_gate)
         {
             var errors = new List<string>(_errors);
+            if (RentedAfterDispose > 0)
+            {
+                errors.Add($"{RentedAfterDispose} block(s) were rented after the pool was disposed.");
+            }
+
             int written = _returned.Count(block => block.AsSpan().ContainsAnyExcept(Poison));
             if (written > 0)
             {
@@ -51,9 +69,11 @@ internal sealed class TrackingMemoryPool : MemoryPool<byte>, IMemoryPoolFactory<
 
     MemoryPool<byte> IMemoryPoolFactory<byte>.Create(MemoryPoolOptions? options) => this;
 
-    // Disposing the pool is the owner's business; blocks are checked by CollectErrors, not freed here.
+    // Recorded, not acted on: blocks are checked by CollectErrors, not freed here, so a test sees a rent after dispose
+    // (a pool released under a user) instead of a crash somewhere else.
     protected override void Dispose(bool disposing)
     {
+        Interlocked.Increment(ref _disposeCount);
     }
 
     private void Return(byte[] block)

@@ -77,6 +77,7 @@ internal static unsafe partial class Interop
         // Cancel flags.
         public const uint IORING_ASYNC_CANCEL_ALL = 1u << 0;
         public const uint IORING_ASYNC_CANCEL_FD = 1u << 1;
+        public const uint IORING_ASYNC_CANCEL_ANY = 1u << 2;
 
         // CQE flags.
         public const uint IORING_CQE_F_BUFFER = 1u << 0;

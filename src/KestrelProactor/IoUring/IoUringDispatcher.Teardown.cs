@@ -1,0 +1,152 @@
+using KestrelProactor.Dispatching;
+using static KestrelProactor.Interop.Linux.Interop;
+using static KestrelProactor.Interop.Linux.Interop.IoUring;
+
+namespace KestrelProactor.IoUring;
+
+/// <summary>
+/// What the ring does between the end of its loop and its close. A healthy ring (a stop, or a stop whose deadline
+/// passed) first hands the kernel what is still queued, asks it to cancel everything, and runs the completions that
+/// follow for a bounded time, so queued closes reach the kernel and what the table still counts afterwards is truly
+/// maybe-live. A failed ring is not entered again: the closes it had queued are done here, and descriptors that
+/// completed accepts installed are closed from the mapped completion queue.
+/// </summary>
+internal sealed unsafe partial class IoUringDispatcher
+{
+    /// <summary>The user data of the cancel-everything request: no owner, and a kind no operation has.</summary>
+    private const ulong QuiesceCancelUserData = ulong.MaxValue;
+
+    /// <summary>Cancelled requests the ring had when it ended (for tests and logs).</summary>
+    internal long QuiesceCancelled { get; private set; }
+
+    protected override void QuiesceKernel()
+    {
+        IoUringRing? ring = _ring;
+        if (ring is null)
+        {
+            return;
+        }
+
+        // Closes and shutdowns queued in the last pass go out first, so the cancel below cannot catch them.
+        ThrowIfEnterFailed(ring.SubmitAndWait(0));
+        bool cancelAnswered = true;
+        if (Table.InFlight != 0)
+        {
+            // ANY|ALL (5.19): every request of this ring, the wake-up read included. An older kernel answers -EINVAL;
+            // the owners' own cancels, submitted when the stop aborted them, are then all there is.
+            io_uring_sqe* sqe = NextSqe();
+            sqe->opcode = IORING_OP_ASYNC_CANCEL;
+            sqe->fd = -1;
+            sqe->op_flags = IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL;
+            sqe->user_data = QuiesceCancelUserData;
+            cancelAnswered = false;
+        }
+
+        long deadline = Environment.TickCount64 + (long)QuiesceTimeout.TotalMilliseconds;
+        while (true)
+        {
+            // Handlers go on as in the loop: a cancelled receive moves its connection's close on, a pipe
+            // continuation queued by a close runs here.
+            RunWorkItems();
+            if (_bufferRing is not null)
+            {
+                DrainReturnedBuffers();
+                RetryStarvedReceives();
+                _bufferRing.Publish();
+            }
+
+            bool waiting = !cancelAnswered || Table.InFlight != 0;
+            const long SliceNanoseconds = 10_000_000;
+            ThrowIfEnterFailed(ring.SubmitAndWait(waiting && ring.ReadyCompletions == 0 ? 1u : 0u, SliceNanoseconds));
+            while (ring.TryPeekCompletion(0, out io_uring_cqe cqe))
+            {
+                ring.AdvanceCompletions(1);
+                HandleQuiesceCompletion(cqe, ref cancelAnswered);
+            }
+
+            bool settled = cancelAnswered && Table.InFlight == 0 && ring.PendingSubmissions == 0;
+            if (settled || Environment.TickCount64 > deadline)
+            {
+                return;
+            }
+        }
+    }
+
+    private void HandleQuiesceCompletion(in io_uring_cqe cqe, ref bool cancelAnswered)
+    {
+        if (cqe.user_data == QuiesceCancelUserData)
+        {
+            cancelAnswered = true;
+            QuiesceCancelled = Math.Max(0, cqe.res);
+            return;
+        }
+
+        switch (OperationToken.KindOf(cqe.user_data))
+        {
+            case OperationKind.Wake:
+                // Cancelled (or a last wake-up): not armed again, nothing wakes an ending ring.
+                return;
+            case OperationKind.Accept:
+                // A connection accepted now would start on a ring about to close: the descriptor is closed and the
+                // listener, which keeps its socket, is released (and moved, if another ring lives) at the end.
+                Table.OnCompleted(cqe.user_data, final: (cqe.flags & IORING_CQE_F_MORE) == 0);
+                if (cqe.res >= 0)
+                {
+                    Sys.close(cqe.res);
+                }
+
+                return;
+            default:
+                HandleCompletion(cqe);
+                return;
+        }
+    }
+
+    /// <summary>
+    /// A zero-copy send's pages sit in the socket's queue until the peer acknowledges them and the notification is
+    /// posted; closing the ring does not end that, whatever DEFER_TASKRUN does for other operations.
+    /// </summary>
+    protected override bool HoldsMemoryBeyondQueue(IOperationOwner owner)
+        => owner is Internal.ProactorConnection { SendState: IoUringSendBlock block } && (block.ZeroCopy || block.PendingZeroCopyResult is not null);
+
+    protected override void SalvageAfterFailure()
+    {
+        IoUringRing? ring = _ring;
+        if (ring is null)
+        {
+            return;
+        }
+
+        // A close the kernel never took: its handle was marked closed as the SQE was filled, so nobody else closes
+        // the descriptor. It is closed here, with the linger an abortive close set on it.
+        (uint start, uint end) = ring.UntakenSubmissions;
+        for (uint position = start; position != end; position++)
+        {
+            io_uring_sqe* sqe = ring.SqeAt(position);
+            if (sqe->opcode == IORING_OP_CLOSE && OperationToken.KindOf(sqe->user_data) == OperationKind.Close)
+            {
+                Sys.close(sqe->fd);
+                sqe->opcode = IORING_OP_NOP;
+            }
+        }
+
+        // Completed accepts nobody will read: each installed a descriptor that would otherwise stay open for the
+        // life of the process. Other completions are left counted: their owners are released as maybe-live.
+        while (ring.TryPeekCompletion(0, out io_uring_cqe cqe))
+        {
+            ring.AdvanceCompletions(1);
+            if (cqe.user_data != QuiesceCancelUserData && OperationToken.KindOf(cqe.user_data) == OperationKind.Accept && cqe.res >= 0)
+            {
+                Sys.close(cqe.res);
+            }
+        }
+    }
+
+    private static void ThrowIfEnterFailed(int result)
+    {
+        if (result < 0 && result != -Errno.EBUSY && result != -Errno.EAGAIN && result != -Errno.EINTR && result != -Errno.ETIME)
+        {
+            throw new IoUringException($"io_uring_enter failed while the ring ended: {Errno.Name(-result)}", -result);
+        }
+    }
+}
