@@ -6,7 +6,10 @@ namespace KestrelProactor.Internal;
 /// </summary>
 internal interface IReceiveBufferLender
 {
-    /// <summary>The whole buffer <paramref name="bufferId"/>; valid until it is returned.</summary>
+    /// <summary>
+    /// The whole buffer <paramref name="bufferId"/>; valid until it is returned. Taking the memory takes the buffer:
+    /// from this call on the caller returns it, once, whatever happens next (even if it throws, or cannot use it).
+    /// </summary>
     Memory<byte> GetMemory(int bufferId);
 
     /// <summary>Gives a lent buffer back. Any thread; the backend re-provides it to the kernel on its own thread.</summary>

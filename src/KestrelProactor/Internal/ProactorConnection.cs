@@ -77,7 +77,7 @@ internal sealed partial class ProactorConnection : ConnectionContext,
 
         // Output: the application writes, the dispatcher reads and sends. A flush on any thread becomes a
         // work item on the dispatcher, so the send it causes is batched with the rest of that pass.
-        var output = new Pipe(new PipeOptions(pool, dispatcher, applicationScheduler, maxWrite, maxWrite / 2, useSynchronizationContext: false));
+        var output = new Pipe(new PipeOptions(dispatcher.OutputMemoryPool, dispatcher, applicationScheduler, maxWrite, maxWrite / 2, useSynchronizationContext: false));
 
         Output = output.Reader;
         // Streaming sends are gathered up to half the pause threshold (at most 256 KiB), so the application rarely meets it.

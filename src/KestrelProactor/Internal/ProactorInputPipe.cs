@@ -77,7 +77,7 @@ internal sealed class ProactorInputPipe : PipeReader, IValueTaskSource<ReadResul
         /// <summary>The unread bytes reached the pause threshold: stop receiving until onResume.</summary>
         Pause,
 
-        /// <summary>The application completed its reader: nobody will read more (the buffer was returned).</summary>
+        /// <summary>The application completed its reader: nobody will read more (the pipe returned the buffer).</summary>
         ReaderCompleted,
     }
 
@@ -130,8 +130,8 @@ internal sealed class ProactorInputPipe : PipeReader, IValueTaskSource<ReadResul
         {
             if (_readerCompleted || _writerCompleted)
             {
-                // The caller keeps ownership of a lent buffer it could not hand over.
-                segment.Disown();
+                // Nobody will read it. A lent buffer is the pipe's from the moment it took the buffer's memory
+                // (Append), so the pipe gives it back itself, as any segment it releases.
                 ReleaseSegment(segment);
                 return AppendResult.ReaderCompleted;
             }
@@ -598,9 +598,6 @@ internal sealed class ProactorInputPipe : PipeReader, IValueTaskSource<ReadResul
         }
 
         public void SetNext(Segment next) => Next = next;
-
-        /// <summary>Forgets a lent buffer without returning it (its owner keeps it).</summary>
-        public void Disown() => BufferId = -1;
 
         public void Reset()
         {
