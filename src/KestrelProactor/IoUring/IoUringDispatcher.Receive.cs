@@ -148,12 +148,12 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
     private void OnReceiveCompletion(ProactorConnection connection, in io_uring_cqe cqe)
     {
         bool more = (cqe.flags & IORING_CQE_F_MORE) != 0;
-        if (cqe.res == -Errno.ENOBUFS && !more)
+        if (cqe.res == -Errno.ENOBUFS && !more && _bufferRing is not null)
         {
             // Every buffer of the ring was in use when data arrived. Nothing was lost: the data waits in the
-            // socket. Retried once a buffer is back.
+            // socket. Retried once a buffer is back. (Without a ring, ENOBUFS is the socket's own error.)
             Context.Metrics.NoBufferCount.Add(1);
-            _bufferRing?.OnExhausted();
+            _bufferRing.OnExhausted();
             _receiveRetries.Add(connection);
             _receivesStarved = true;
             Table.OnSubmitted(connection.Token); // still counted as in flight until resubmitted
