@@ -52,6 +52,7 @@ internal static unsafe partial class Interop
 
         // Opcodes (enum io_uring_op).
         public const byte IORING_OP_NOP = 0;
+        public const byte IORING_OP_POLL_ADD = 6;
         public const byte IORING_OP_SENDMSG = 9;
         public const byte IORING_OP_ACCEPT = 13;
         public const byte IORING_OP_ASYNC_CANCEL = 14;
