@@ -18,6 +18,11 @@ namespace KestrelProactor.IoUring;
 /// kernel is done with it. Such a send's user data names its block rather than its connection, since the
 /// notification may come after the connection has left the operation table.
 /// </para>
+/// <para>
+/// A send that ends with EAGAIN sent nothing and goes out again, unseen by the connection: on a non-blocking socket
+/// (accepted sockets are, as the socket transport's) the kernel's worker thread, which a send is handed to when its
+/// wait for room was woken for nothing, sends without waiting (<c>sendmsg</c> honours O_NONBLOCK) and fails so.
+/// </para>
 /// </summary>
 internal sealed unsafe partial class IoUringDispatcher
 {
@@ -45,6 +50,16 @@ internal sealed unsafe partial class IoUringDispatcher
 
     /// <summary>Zero-copy sends the socket refused and that were sent again, copied (for tests).</summary>
     public long ZeroCopyFallbacks { get; private set; }
+
+    /// <summary>Sends that ended with EAGAIN, having sent nothing, and went out again (for tests).</summary>
+    public long SendsRetriedAfterWouldBlock { get; private set; }
+
+    /// <summary>
+    /// A test hook: runs for every send about to be submitted. When it returns true the send becomes a NOP that
+    /// completes with -EAGAIN (<c>IORING_NOP_INJECT_RESULT</c>, 6.10+), as a send the kernel's worker thread tried
+    /// on a non-blocking socket does: nothing sent.
+    /// </summary>
+    internal static Func<ProactorConnection, bool>? TestSendWouldBlock { get; set; }
 
     protected override void SubmitSend(ProactorConnection connection, in ReadOnlySequence<byte> buffer)
         => SubmitSend(connection, buffer, allowZeroCopy: true);
@@ -93,6 +108,15 @@ internal sealed unsafe partial class IoUringDispatcher
         }
 
         connection.SendState = block;
+        if (TestSendWouldBlock?.Invoke(connection) == true)
+        {
+            ulong userData = sqe->user_data;
+            *sqe = default;
+            sqe->opcode = IORING_OP_NOP;
+            sqe->op_flags = IORING_NOP_INJECT_RESULT;
+            sqe->len = unchecked((uint)-Errno.EAGAIN);
+            sqe->user_data = userData;
+        }
     }
 
     private bool WantsZeroCopy(ProactorConnection connection, long length)
@@ -124,13 +148,51 @@ internal sealed unsafe partial class IoUringDispatcher
     /// <summary>A copied send completed: its memory is free, and the connection learns the result.</summary>
     private void OnSendCompletion(ProactorConnection connection, in io_uring_cqe cqe)
     {
+        int res = cqe.res;
         if (connection.SendState is IoUringSendBlock block)
         {
             connection.SendState = null;
+            bool resent = res == -Errno.EAGAIN && TrySendAgain(connection, block.Buffer, allowZeroCopy: false, ref res);
             RecycleSendBlock(block);
+            if (resent)
+            {
+                return;
+            }
         }
 
-        DispatchCompletion(connection, OperationKind.Send, ToResult(cqe.res), more: false, default, null);
+        DispatchCompletion(connection, OperationKind.Send, ToResult(res), more: false, default, null);
+    }
+
+    /// <summary>
+    /// Sends <paramref name="buffer"/> again after a send that sent none of it (EAGAIN, or a refused zero-copy), unseen
+    /// by the connection. Not once it is closing: the close's cancel was aimed at the first send and would miss this
+    /// one, so the send ends as cancelled (<paramref name="res"/>) instead.
+    /// </summary>
+    private bool TrySendAgain(ProactorConnection connection, in ReadOnlySequence<byte> buffer, bool allowZeroCopy, ref int res)
+    {
+        if (connection.IsClosing)
+        {
+            res = -Errno.ECANCELED;
+            return false;
+        }
+
+        if (res == -Errno.EAGAIN)
+        {
+            SendsRetriedAfterWouldBlock++;
+        }
+
+        try
+        {
+            SubmitSend(connection, buffer, allowZeroCopy);
+        }
+        catch (Exception ex)
+        {
+            // As a throw in the send's handler: this connection pays, and its close does not wait for it.
+            OnHandlerFault(connection, OperationKind.Send, operationEnded: true, ex);
+            connection.AdvanceClose();
+        }
+
+        return true;
     }
 
     private void OnZeroCopySendCompletion(in io_uring_cqe cqe)
@@ -184,29 +246,19 @@ internal sealed unsafe partial class IoUringDispatcher
         int res = cqe.res;
         if (res == -Errno.EOPNOTSUPP)
         {
-            // The socket has no zero-copy (a Unix domain socket, say). Nothing was sent: send the same bytes again,
-            // copied, unseen by the connection, and copy on this socket (and on other non-TCP ones) from now on.
+            // The socket has no zero-copy (a Unix domain socket, say). Nothing was sent: the same bytes go again,
+            // copied, and this socket (and other non-TCP ones) copy from now on.
             ZeroCopyFallbacks++;
             StateOf(connection).ZeroCopyRefused = true;
             _nonTcpRefusesZeroCopy |= !connection.IsTcp;
-            if (!connection.IsClosing)
+            if (TrySendAgain(connection, buffer, allowZeroCopy: false, ref res))
             {
-                try
-                {
-                    SubmitSend(connection, buffer, allowZeroCopy: false);
-                }
-                catch (Exception ex)
-                {
-                    // As a throw in the send's handler: this connection pays, and its close does not wait for it.
-                    OnHandlerFault(connection, OperationKind.Send, operationEnded: true, ex);
-                    connection.AdvanceClose();
-                }
-
                 return;
             }
-
-            // Closing: a send the close's cancel never saw must not go out; the send ends as cancelled.
-            res = -Errno.ECANCELED;
+        }
+        else if (res == -Errno.EAGAIN && TrySendAgain(connection, buffer, allowZeroCopy: true, ref res))
+        {
+            return;
         }
 
         DispatchCompletion(connection, OperationKind.Send, ToResult(res), more: false, default, null);
