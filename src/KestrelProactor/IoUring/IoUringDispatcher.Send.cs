@@ -42,9 +42,6 @@ internal sealed unsafe partial class IoUringDispatcher
     /// <summary>Zero-copy sends whose result arrived and whose notification has not (read racily by tests).</summary>
     public int ZeroCopySendsAwaitingNotification { get; private set; }
 
-    /// <summary>The most <see cref="ZeroCopySendsAwaitingNotification"/> has been (for tests).</summary>
-    public int ZeroCopySendsAwaitingNotificationPeak { get; private set; }
-
     /// <summary>Bytes of pool memory those sends hold (read racily by tests).</summary>
     public long ZeroCopyBytesAwaitingNotification { get; private set; }
 
@@ -228,7 +225,6 @@ internal sealed unsafe partial class IoUringDispatcher
         if (notificationFollows && !block.NotificationArrived)
         {
             ZeroCopySendsAwaitingNotification++;
-            ZeroCopySendsAwaitingNotificationPeak = Math.Max(ZeroCopySendsAwaitingNotificationPeak, ZeroCopySendsAwaitingNotification);
             ZeroCopyBytesAwaitingNotification += block.Length;
         }
         else
