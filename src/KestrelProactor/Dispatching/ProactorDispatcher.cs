@@ -61,6 +61,12 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
 
     public MemoryPool<byte> MemoryPool { get; }
 
+    /// <summary>
+    /// The pool of the connections' output pipes: <see cref="MemoryPool"/>, unless the backend must keep blocks a
+    /// send still needs after the pipe is done with them (io_uring's zero-copy sends).
+    /// </summary>
+    public virtual MemoryPool<byte> OutputMemoryPool => MemoryPool;
+
     protected OperationTable Table { get; }
 
     /// <summary>True on this dispatcher's own thread.</summary>

@@ -6,8 +6,17 @@ namespace KestrelProactor.Internal;
 /// </summary>
 internal interface IReceiveBufferLender
 {
-    /// <summary>The whole buffer <paramref name="bufferId"/>; valid until it is returned.</summary>
+    /// <summary>
+    /// The whole buffer <paramref name="bufferId"/>; valid until it is returned. Taking the memory takes the buffer:
+    /// from this call on the caller returns it, once, whatever happens next (even if it throws, or cannot use it).
+    /// </summary>
     Memory<byte> GetMemory(int bufferId);
+
+    /// <summary>
+    /// The size of every buffer, for deciding whether to lend; asking it takes no buffer (a call to
+    /// <see cref="GetMemory"/> for the buffer being delivered means the pipe took it).
+    /// </summary>
+    int BufferSize { get; }
 
     /// <summary>Gives a lent buffer back. Any thread; the backend re-provides it to the kernel on its own thread.</summary>
     void Return(int bufferId);

@@ -66,7 +66,8 @@ internal sealed partial class ProactorConnection : ConnectionContext,
         MemoryPool<byte> pool = leased ? dispatcher.MemoryPool : MemoryPool<byte>.Shared;
         _memoryPool = pool;
         // The pipes the kernel reads and writes take their blocks through a quarantine (see OnDispatcherFailed).
-        _kernelMemory = new ProactorQuarantinePool(pool);
+        // Output blocks go through the backend's output pool (zero-copy sends hold theirs until the kernel's notification).
+        _kernelMemory = new ProactorQuarantinePool(leased ? dispatcher.OutputMemoryPool : pool);
 
         // Input: the dispatcher writes, the application reads; its reads resume on the pool, or inline on the
         // dispatcher if asked. Where the backend lends its receive buffers, the application reads the very

@@ -137,7 +137,7 @@ internal sealed partial class ProactorInputPipe : PipeReader, IValueTaskSource<R
     public AppendResult AppendReceived(ReadOnlySpan<byte> data, int bufferId, out bool taken)
     {
         taken = false;
-        if (bufferId >= 0 && data.Length >= _lender.GetMemory(bufferId).Length / 4 && !IsPaused)
+        if (bufferId >= 0 && data.Length >= _lender.BufferSize / 4 && !IsPaused)
         {
             AppendResult lent = Append(bufferId, data.Length);
             taken = lent != AppendResult.ReaderCompleted;

@@ -58,6 +58,12 @@ internal sealed unsafe class IoUringBufferRing : IDisposable
     /// <summary>Buffers the kernel has filled and we have not given back yet.</summary>
     public int Lent { get; private set; }
 
+    /// <summary>
+    /// Buffers handed to the kernel (published or about to be) whose completions have not arrived: the ring's
+    /// content by this side's count. It runs ahead of the kernel while completions that used buffers are on their way.
+    /// </summary>
+    public int Available => _available;
+
     /// <summary>Registers a ring of <paramref name="count"/> (a power of two) buffers, or returns null with the errno.</summary>
     public static IoUringBufferRing? TryCreate(IoUringRing ring, ushort groupId, int count, int bufferSize, out int errno)
     {
@@ -132,6 +138,16 @@ internal sealed unsafe class IoUringBufferRing : IDisposable
     {
         Add(bufferId);
         Lent--;
+    }
+
+    /// <summary>
+    /// Gives straight back a buffer the kernel filled for a completion nobody claims (its owner is gone): it was
+    /// never lent, so the lent count stays as it is.
+    /// </summary>
+    public void Recycle(ushort bufferId)
+    {
+        _available--;
+        Add(bufferId);
     }
 
     private void Add(ushort bufferId)

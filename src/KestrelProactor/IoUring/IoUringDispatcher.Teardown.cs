@@ -107,7 +107,7 @@ internal sealed unsafe partial class IoUringDispatcher
     /// posted; closing the ring does not end that, whatever DEFER_TASKRUN does for other operations.
     /// </summary>
     protected override bool HoldsMemoryBeyondQueue(IOperationOwner owner)
-        => owner is Internal.ProactorConnection { SendState: IoUringSendBlock block } && (block.ZeroCopy || block.PendingZeroCopyResult is not null);
+        => owner is Internal.ProactorConnection { SendState: IoUringSendBlock block } && block.IsZeroCopy && !block.NotificationArrived;
 
     protected override void SalvageAfterFailure()
     {

@@ -20,12 +20,12 @@ namespace KestrelProactor.IoUring;
 internal sealed unsafe partial class IoUringRing
 {
     /// <summary>
-    /// The SQE opcodes the dispatcher submits: the eventfd wake-up read, accept, receive, the four kinds of send,
-    /// shutdown, close, cancel, and the NOP of the ring tests.
+    /// The SQE opcodes the dispatcher submits: the eventfd wake-up read, accept, receive, the basic tier's poll for
+    /// data, the four kinds of send, shutdown, close, cancel, and the NOP of the ring tests.
     /// </summary>
     internal static ReadOnlySpan<byte> AllowedOperations =>
     [
-        IORING_OP_NOP, IORING_OP_READ, IORING_OP_ACCEPT, IORING_OP_RECV, IORING_OP_SEND, IORING_OP_SENDMSG,
+        IORING_OP_NOP, IORING_OP_READ, IORING_OP_ACCEPT, IORING_OP_RECV, IORING_OP_POLL_ADD, IORING_OP_SEND, IORING_OP_SENDMSG,
         IORING_OP_SEND_ZC, IORING_OP_SENDMSG_ZC, IORING_OP_SHUTDOWN, IORING_OP_CLOSE, IORING_OP_ASYNC_CANCEL,
     ];
 

@@ -146,7 +146,10 @@ internal sealed unsafe partial class IoUringRing : IDisposable
     /// <summary>True while the kernel holds completions that did not fit in the CQ (NODROP keeps them for us).</summary>
     public bool HasOverflowBacklog => (Volatile.Read(ref *_sqFlags) & IORING_SQ_CQ_OVERFLOW) != 0;
 
-    /// <summary>Completions the kernel dropped or held back since the last call (CQ overflow).</summary>
+    /// <summary>
+    /// Completions the kernel dropped since the last call: its overflow counter counts only completions it could
+    /// neither post nor keep (with NODROP, those it had no memory to hold back).
+    /// </summary>
     public uint TakeOverflowDelta()
     {
         uint overflow = Volatile.Read(ref *_cqOverflow);
@@ -154,6 +157,12 @@ internal sealed unsafe partial class IoUringRing : IDisposable
         _lastOverflow = overflow;
         return delta;
     }
+
+    /// <summary>
+    /// Tests only: counts one dropped completion in the kernel's own counter (shared memory), as the kernel does when
+    /// it drops one; dispatcher thread.
+    /// </summary>
+    internal void CountDroppedCompletionForTests() => Interlocked.Increment(ref *(int*)_cqOverflow);
 
     /// <summary>
     /// Creates a ring, asking for the preferred setup flags and dropping, one at a time, those the kernel

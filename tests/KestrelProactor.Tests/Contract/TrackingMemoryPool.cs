@@ -15,6 +15,7 @@ internal sealed class TrackingMemoryPool : MemoryPool<byte>, IMemoryPoolFactory<
     private readonly Lock _gate = new();
     private readonly List<byte[]> _returned = [];
     private readonly List<string> _errors = [];
+    private readonly System.Runtime.CompilerServices.ConditionalWeakTable<byte[], object> _blocks = new();
     private int _outstanding;
     private int _rented;
     private int _disposeCount;
@@ -43,8 +44,15 @@ internal sealed class TrackingMemoryPool : MemoryPool<byte>, IMemoryPoolFactory<
 
         Interlocked.Increment(ref _rented);
         Interlocked.Increment(ref _outstanding);
-        return new Block(this, GC.AllocateArray<byte>(size, pinned: true));
+        byte[] array = GC.AllocateArray<byte>(size, pinned: true);
+        _blocks.Add(array, this);
+        return new Block(this, array);
     }
+
+    /// <summary>Whether <paramref name="memory"/> lies in a block this pool handed out.</summary>
+    public bool Owns(ReadOnlyMemory<byte> memory)
+        => System.Runtime.InteropServices.MemoryMarshal.TryGetArray(memory, out ArraySegment<byte> segment) &&
+           _blocks.TryGetValue(segment.Array!, out _);
 
     /// <summary>The problems seen so far: double returns, blocks written after their return, rents after dispose.</summary>
     public IReadOnlyList<string> CollectErrors()

@@ -1,8 +1,13 @@
 using System.IO.Pipelines;
+using System.Net;
 using System.Net.Sockets;
+using KestrelProactor.Dispatching;
+using KestrelProactor.Internal;
+using KestrelProactor.IoUring;
 using KestrelProactor.Tests.Contract;
 using KestrelProactor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Connections;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace KestrelProactor.Tests.Dispatching;
 
@@ -102,6 +107,108 @@ public class BufferRingTests
         TestContext.Current.TestOutputHelper?.WriteLine($"passes with a CQ backlog: {backlogs}");
         Assert.True(backlogs > 0, "the test meant to overflow the completion queue, and did not");
         Assert.Equal(0, dispatchers.Sum(d => d.CompletionQueueOverflows));
+    }
+
+    [Fact]
+    public async Task ReceiveCompletionWhoseOwnerIsGone_ItsBufferGoesBack_TheLentCountStays()
+    {
+        // Arrange: a receive submitted for an owner the operation table does not hold (as one that left it would
+        // be), on a socket pair outside the transport. Two buffers: a buffer lost or duplicated would show.
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.ProactorSingleShot, configure: o =>
+        {
+            o.DispatcherCount = 1;
+            o.ReceiveBufferCount = 2;
+        });
+        var dispatcher = (IoUringDispatcher)((ProactorTransportFactory)harness.Factory).Backend!.Dispatchers.Single();
+        using var listen = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listen.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listen.Listen();
+        using var peer = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        await peer.ConnectAsync(listen.LocalEndPoint!).DefaultTimeout();
+        using Socket accepted = await listen.AcceptAsync().DefaultTimeout();
+        var gone = new ProactorConnection(dispatcher, accepted.SafeHandle, isTcp: true, null, null, NullLogger.Instance)
+        {
+            // A slot nobody holds (only the listener is registered, in slot 0) and a generation it never had.
+            Token = new OperationToken(1, 0xBEEF),
+        };
+        await RunOnDispatcherAsync(dispatcher, () => dispatcher.SubmitReceive(gone));
+
+        // Act
+        await RawClient.SendAllAsync(peer, "stale"u8.ToArray());
+        await WaitUntilAsync(() => dispatcher.StaleCompletions == 1);
+
+        // Assert: the buffer went back without having been lent; the ring still serves a real connection.
+        Assert.Equal(0, dispatcher.ReceiveBuffersLent);
+        (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+        Task echo = ServerPipes.EchoAsync(connection);
+        byte[] payload = RawClient.CreatePayload(64 * 1024, seed: 70);
+        Assert.Equal(payload, await RawClient.ExchangeAsync(client, payload));
+        await echo.DefaultTimeout();
+        await WaitUntilAsync(() => dispatcher.ReceiveBuffersLent == 0);
+    }
+
+    [Fact]
+    public async Task DroppedCompletion_StopsThatDispatcher_ItsConnectionsEnd_TheOthersServe()
+    {
+        // Arrange: two dispatchers; a connection on the one that does not accept, so the endpoint lives on.
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o => o.DispatcherCount = 2);
+        ProactorDispatcher[] dispatchers = ((ProactorTransportFactory)harness.Factory).Backend!.Dispatchers;
+        await WaitUntilAsync(() => dispatchers.Count(d => d.ConnectionCount > d.OpenConnections) == 1);
+        ProactorDispatcher acceptor = dispatchers.Single(d => d.ConnectionCount > d.OpenConnections);
+        ConnectionContext victim;
+        do
+        {
+            (_, victim) = await harness.ConnectAndAcceptAsync();
+        }
+        while (((ProactorConnection)victim).Dispatcher == acceptor);
+
+        var target = (IoUringDispatcher)((ProactorConnection)victim).Dispatcher;
+        var closed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        victim.ConnectionClosed.Register(() => closed.TrySetResult());
+
+        // Act: the kernel's dropped-completion counter moves, as when it had no memory to keep a completion.
+        await RunOnDispatcherAsync(target, () => target.Ring.CountDroppedCompletionForTests());
+
+        // Assert: which operation ended is unknown, so that ring is torn down and its connections released.
+        await WaitUntilAsync(() => target.HasFailed);
+        await closed.Task.DefaultTimeout();
+        Assert.Equal(1, target.CompletionQueueOverflows);
+        Assert.False(acceptor.HasFailed);
+        (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+        Assert.NotEqual<ProactorDispatcher>(target, ((ProactorConnection)connection).Dispatcher);
+        Task echo = ServerPipes.EchoAsync(connection);
+        byte[] payload = RawClient.CreatePayload(4096, seed: 71);
+        Assert.Equal(payload, await RawClient.ExchangeAsync(client, payload));
+        await echo.DefaultTimeout();
+    }
+
+    private static Task RunOnDispatcherAsync(ProactorDispatcher dispatcher, Action action)
+    {
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        dispatcher.Schedule(
+            _ =>
+            {
+                try
+                {
+                    action();
+                    done.TrySetResult();
+                }
+                catch (Exception ex)
+                {
+                    done.TrySetException(ex);
+                }
+            },
+            null);
+        return done.Task.DefaultTimeout();
+    }
+
+    private static async Task WaitUntilAsync(Func<bool> condition)
+    {
+        using var timeout = new CancellationTokenSource(TestTimeouts.Default);
+        while (!condition())
+        {
+            await Task.Delay(10, timeout.Token);
+        }
     }
 
     private static async Task WaitUntilAsync(Func<Task<bool>> condition)

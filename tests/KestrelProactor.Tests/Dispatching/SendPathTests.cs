@@ -3,6 +3,7 @@ using System.IO.Pipelines;
 using System.Net.Sockets;
 using KestrelProactor.Dispatching;
 using KestrelProactor.Internal;
+using KestrelProactor.IoUring;
 using KestrelProactor.Tests.Contract;
 using KestrelProactor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Connections;
@@ -35,6 +36,39 @@ public class SendPathTests
         // Assert
         Assert.Contains(factory.Backend!.FeatureSummary.Split(", "), f => f.StartsWith("send-zc", StringComparison.Ordinal));
         Assert.Equal(RawClient.Hash(payload), RawClient.Hash(echoed));
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1024)]
+    public async Task SendsEndingWithEAGAIN_GoOutAgain_EveryByteArrivesInOrder(int zeroCopySendThreshold)
+    {
+        // Arrange: every other send of this connection completes with EAGAIN having sent nothing, as a send handed to
+        // the kernel's worker thread does on a non-blocking socket (sendmsg honours O_NONBLOCK there); copied sends,
+        // and zero-copy ones (1 KiB and more).
+        Assert.SkipUnless(KernelVersion.AtLeast(6, 10), "Injecting a NOP's result needs Linux 6.10.");
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o => o.ZeroCopySendThreshold = zeroCopySendThreshold);
+        (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+        var dispatcher = (IoUringDispatcher)((ProactorConnection)connection).Dispatcher;
+        int sends = 0;
+        IoUringDispatcher.TestSendWouldBlock = candidate => ReferenceEquals(candidate, connection) && Interlocked.Increment(ref sends) % 2 == 1;
+        try
+        {
+            Task echo = ServerPipes.EchoAsync(connection);
+            byte[] payload = RawClient.CreatePayload(2 * 1024 * 1024, seed: 12);
+
+            // Act
+            byte[] echoed = await RawClient.ExchangeAsync(client, payload).LongTimeout();
+            await echo.DefaultTimeout();
+
+            // Assert: the connection never saw the EAGAINs; what they did not send went out again, in order.
+            Assert.Equal(RawClient.Hash(payload), RawClient.Hash(echoed));
+            Assert.True(dispatcher.SendsRetriedAfterWouldBlock > 0, "no send ended with EAGAIN");
+        }
+        finally
+        {
+            IoUringDispatcher.TestSendWouldBlock = null;
+        }
     }
 
     private const int ChunkSize = 1024;

@@ -358,6 +358,8 @@ internal sealed class FakeLender(int count, int size) : IReceiveBufferLender
 
     public Memory<byte> GetMemory(int bufferId) => _buffers[bufferId];
 
+    public int BufferSize => size;
+
     public void Return(int bufferId)
     {
         lock (_gate)

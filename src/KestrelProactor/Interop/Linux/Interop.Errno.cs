@@ -21,6 +21,7 @@ internal static unsafe partial class Interop
         public const int EMFILE = 24;
         public const int EPIPE = 32;
         public const int ENOSYS = 38;
+        public const int EBADR = 53;
         public const int ENOTSOCK = 88;
         public const int ETIME = 62;
         public const int EOPNOTSUPP = 95;
@@ -40,6 +41,7 @@ internal static unsafe partial class Interop
         {
             EPERM => "EPERM",
             ETIME => "ETIME",
+            EBADR => "EBADR",
             ENOENT => "ENOENT",
             EINTR => "EINTR",
             EBADF => "EBADF",

@@ -52,6 +52,7 @@ internal static unsafe partial class Interop
 
         // Opcodes (enum io_uring_op).
         public const byte IORING_OP_NOP = 0;
+        public const byte IORING_OP_POLL_ADD = 6;
         public const byte IORING_OP_SENDMSG = 9;
         public const byte IORING_OP_ACCEPT = 13;
         public const byte IORING_OP_ASYNC_CANCEL = 14;
@@ -72,6 +73,7 @@ internal static unsafe partial class Interop
         // ioprio bits for accept and recv/send.
         public const ushort IORING_ACCEPT_MULTISHOT = 1 << 0;
         public const ushort IORING_RECVSEND_POLL_FIRST = 1 << 0;
+        public const uint IORING_NOP_INJECT_RESULT = 1u << 0; // in op_flags; the result in len (6.10+)
         public const ushort IORING_RECV_MULTISHOT = 1 << 1;
 
         // Cancel flags.

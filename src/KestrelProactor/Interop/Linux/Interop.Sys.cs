@@ -28,6 +28,13 @@ internal static unsafe partial class Interop
         public const int SOCK_CLOEXEC = 0x80000;
         public const int SOCK_NONBLOCK = 0x800;
 
+        public const int F_GETFL = 3;
+        public const int O_NONBLOCK = 0x800;
+        public const int SO_SNDBUF = 7;
+
+        // poll(2) events, as IORING_OP_POLL_ADD takes them.
+        public const uint POLLIN = 0x1;
+
         public const int AF_UNIX = 1;
         public const int AF_INET = 2;
         public const int AF_INET6 = 10;
@@ -87,6 +94,9 @@ internal static unsafe partial class Interop
 
         [LibraryImport(Libc, SetLastError = true)]
         public static partial nint write(int fd, void* buf, nuint count);
+
+        [LibraryImport(Libc, SetLastError = true)]
+        public static partial int fcntl(int fd, int cmd);
 
         [LibraryImport(Libc, SetLastError = true)]
         public static partial int setsockopt(int fd, int level, int optname, void* optval, uint optlen);
