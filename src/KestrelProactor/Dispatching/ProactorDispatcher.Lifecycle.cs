@@ -211,6 +211,7 @@ internal abstract partial class ProactorDispatcher
         if (failure is not null)
         {
             _failure = failure;
+            Context.Metrics.CountDispatcherFailure();
         }
 
         // Before the end is published: until then no other thread releases an owner of this dispatcher, so each

@@ -67,19 +67,17 @@ internal sealed class ProactorMetrics : IDisposable
         }
     }
 
-    /// <summary>Called by a dispatcher's teardown; a failed loop has recorded its failure by then, and is counted.</summary>
+    /// <summary>Called by a dispatcher's teardown.</summary>
     public void Unregister(ProactorDispatcher dispatcher)
     {
         lock (_gate)
         {
             _dispatchers.Remove(dispatcher);
         }
-
-        if (dispatcher.HasFailed)
-        {
-            Interlocked.Increment(ref _dispatcherFailures);
-        }
     }
+
+    /// <summary>Called once by a dispatcher whose loop failed, when it records the failure (after its teardown).</summary>
+    public void CountDispatcherFailure() => Interlocked.Increment(ref _dispatcherFailures);
 
     private long Sum(Func<ProactorDispatcher, long> selector)
     {
