@@ -60,8 +60,8 @@ internal static class ProactorOptionsValidator
         TimeSpan idle = options.SubmissionQueuePollingIdle;
         yield return new(idle >= TimeSpan.FromMilliseconds(1) && idle <= TimeSpan.FromSeconds(10) && idle.Ticks % TimeSpan.TicksPerMillisecond == 0,
             nameof(options.SubmissionQueuePollingIdle), idle, "1 millisecond to 10 seconds, in whole milliseconds");
-        yield return new(options.ZeroCopySendThreshold == 0 || options.ZeroCopySendThreshold >= 1024,
-            nameof(options.ZeroCopySendThreshold), options.ZeroCopySendThreshold, "0 (off), or 1024 bytes and more");
+        yield return new(options.ZeroCopySendThreshold >= 0,
+            nameof(options.ZeroCopySendThreshold), options.ZeroCopySendThreshold, "0 (off), or a positive number of bytes");
         yield return new(options.Backlog >= 1, nameof(options.Backlog), options.Backlog, "1 or more");
 
         // Each io_uring dispatcher maps ReceiveBufferCount x ReceiveBufferSize for its buffer ring, and under load all

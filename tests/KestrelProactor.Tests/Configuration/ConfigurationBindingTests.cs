@@ -93,6 +93,7 @@ public sealed class ConfigurationBindingTests
     [InlineData("ReceiveBufferSize", "100", "ProactorTransportOptions.ReceiveBufferSize is 100; allowed: 512 to 1048576.")]
     [InlineData("MaxReadBufferSize", "-1", "ProactorTransportOptions.MaxReadBufferSize is -1; allowed: null, 0 (unbounded) or a positive number of bytes.")]
     [InlineData("Backlog", "0", "ProactorTransportOptions.Backlog is 0; allowed: 1 or more.")]
+    [InlineData("ZeroCopySendThreshold", "-1", "ProactorTransportOptions.ZeroCopySendThreshold is -1; allowed: 0 (off), or a positive number of bytes.")]
     [InlineData("OutputCoalescingDelay", "00:00:00.01", "ProactorTransportOptions.OutputCoalescingDelay is 00:00:00.0100000; allowed: 0 (off) to 1 millisecond.")]
     [InlineData("SubmissionQueuePollingIdle", "00:00:00.0005", "ProactorTransportOptions.SubmissionQueuePollingIdle is 00:00:00.0005000; allowed: 1 millisecond to 10 seconds, in whole milliseconds.")]
     [InlineData("SubmissionQueuePollingIdle", "00:00:11", "ProactorTransportOptions.SubmissionQueuePollingIdle is 00:00:11; allowed: 1 millisecond to 10 seconds, in whole milliseconds.")]

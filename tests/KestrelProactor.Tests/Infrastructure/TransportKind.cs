@@ -31,7 +31,7 @@ public enum TransportKind
     /// <summary>One dispatcher for every listener and connection.</summary>
     ProactorOneDispatcher,
 
-    /// <summary>Zero-copy for every send the options allow (<see cref="TransportPresets.ZeroCopySendThreshold"/>).</summary>
+    /// <summary>Zero-copy for every send, of any size (<see cref="TransportPresets.ZeroCopySendThreshold"/> = 1).</summary>
     ProactorZeroCopy,
 
     /// <summary>A submission-polling kernel thread per ring, sleeping after the shortest idle time allowed.</summary>

@@ -10,14 +10,11 @@ namespace KestrelProactor.Tests.Infrastructure;
 /// </summary>
 internal static class TransportPresets
 {
-    private static readonly Lazy<int> s_zeroCopySendThreshold = new(SmallestValidZeroCopySendThreshold);
-
     /// <summary>
-    /// The smallest <see cref="ProactorTransportOptions.ZeroCopySendThreshold"/> the options validator accepts
-    /// (1024 today), so that every send of that size or more is a zero-copy send. Asked of the validator rather
-    /// than written down, so the preset reaches 1 if the minimum is lowered.
+    /// <see cref="ProactorTransportOptions.ZeroCopySendThreshold"/> of 1: every send, down to a single byte, is a
+    /// zero-copy send and waits for its notification before its memory goes back.
     /// </summary>
-    public static int ZeroCopySendThreshold => s_zeroCopySendThreshold.Value;
+    public const int ZeroCopySendThreshold = 1;
 
     /// <summary>The shortest idle time the validator allows the submission-polling thread.</summary>
     public static readonly TimeSpan SubmissionQueuePollingIdle = TimeSpan.FromMilliseconds(1);
@@ -67,18 +64,5 @@ internal static class TransportPresets
             _ => (true, ""),
         };
         Assert.True(inEffect, $"The {kind} preset runs without {what}: {features}");
-    }
-
-    private static int SmallestValidZeroCopySendThreshold()
-    {
-        for (int threshold = 1; threshold <= 1 << 16; threshold++)
-        {
-            if (!ProactorOptionsValidator.TryGetError(new ProactorTransportOptions { ZeroCopySendThreshold = threshold }, out _, out _, out _))
-            {
-                return threshold;
-            }
-        }
-
-        throw new InvalidOperationException("The options validator accepts no ZeroCopySendThreshold up to 64 KiB.");
     }
 }
