@@ -72,7 +72,7 @@ public sealed class LifecycleTests
         // Act
         await harness.Listener.UnbindAsync(TestContext.Current.CancellationToken).DefaultTimeout();
         connection.Abort(new ConnectionAbortedException("The server is shutting down."));
-        await Record.ExceptionAsync(() => pendingRead.DefaultTimeout());
+        await pendingRead.AsTask().EndsWithinDefaultTimeout();
         await harness.DisposeConnectionAsync(connection);
         await harness.DisposeListenerAsync();
 

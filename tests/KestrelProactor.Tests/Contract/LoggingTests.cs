@@ -53,7 +53,7 @@ public sealed class LoggingTests
 
             // Act
             connection.Abort(new ConnectionAbortedException("The test aborted a blocked send."));
-            await Record.ExceptionAsync(() => write.DefaultTimeout());
+            await write.EndsWithinDefaultTimeout();
             await harness.DisposeAsync();
         }
 
