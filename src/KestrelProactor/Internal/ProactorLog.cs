@@ -42,7 +42,7 @@ internal static partial class ProactorLog
     [LoggerMessage(10, LogLevel.Warning, "Accept on {EndPoint} failed with {Error}; retrying in {DelayMs} ms.", EventName = "AcceptRetry")]
     public static partial void AcceptRetry(ILogger logger, string endPoint, string error, int delayMs);
 
-    [LoggerMessage(11, LogLevel.Warning, "The completion queue of dispatcher {DispatcherId} overflowed ({Count} completions held by the kernel); they are being drained.", EventName = "CompletionQueueOverflow")]
+    [LoggerMessage(11, LogLevel.Warning, "The completion queue of dispatcher {DispatcherId} ({Count} entries) is full; the kernel holds further completions back until it has room, which delays them. A larger CompletionQueueSize avoids this.", EventName = "CompletionQueueOverflow")]
     public static partial void CompletionQueueOverflow(ILogger logger, int dispatcherId, uint count);
 
     [LoggerMessage(12, LogLevel.Debug, "Dispatcher {DispatcherId} runs without ring feature {Feature}: the kernel refused it or an option switched it off.", EventName = "RingFeatureRefused")]

@@ -57,6 +57,9 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
     /// <summary>Passes that found completions held back by the kernel because the CQ was full (delivered on the next enter).</summary>
     public long CompletionQueueBacklogs { get; private set; }
 
+    // True from the pass that found the kernel holding completions back until a pass that found it holding none.
+    private bool _inCompletionQueueBacklog;
+
     /// <summary>Enters that woke this ring's sleeping submission-polling thread (counted for tests).</summary>
     public long SubmissionThreadWakeups => _ring?.SubmissionThreadWakeups ?? 0;
 
@@ -115,9 +118,18 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
         if (ring.HasOverflowBacklog)
         {
             // The CQ was full: the kernel keeps the rest and posts them at the next enter, which NeedsEnter
-            // forces as soon as this pass has made room.
+            // forces as soon as this pass has made room. Logged once per episode, not once per pass.
             CompletionQueueBacklogs++;
             Context.Metrics.CompletionQueueOverflows.Add(1);
+            if (!_inCompletionQueueBacklog)
+            {
+                _inCompletionQueueBacklog = true;
+                ProactorLog.CompletionQueueOverflow(Logger, Id, ring.CqEntries);
+            }
+        }
+        else
+        {
+            _inCompletionQueueBacklog = false;
         }
 
         CheckDroppedCompletions(ring);

@@ -7,6 +7,7 @@ using KestrelProactor.IoUring;
 using KestrelProactor.Tests.Contract;
 using KestrelProactor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Connections;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
 namespace KestrelProactor.Tests.Dispatching;
@@ -76,7 +77,8 @@ public class BufferRingTests
     public async Task CompletionQueueAsSmallAsSubmissionQueue_ManyConnections_AllEchoesIntact(TransportKind kind)
     {
         // Arrange: 4 SQEs and 4 CQEs for 32 busy connections: the CQ overflows and the kernel holds the rest.
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, configure: o =>
+        var logs = new CapturingLoggerFactory();
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, loggerFactory: logs, configure: o =>
         {
             o.DispatcherCount = 1;
             o.SubmissionQueueSize = 4;
@@ -107,6 +109,9 @@ public class BufferRingTests
         TestContext.Current.TestOutputHelper?.WriteLine($"passes with a CQ backlog: {backlogs}");
         Assert.True(backlogs > 0, "the test meant to overflow the completion queue, and did not");
         Assert.Equal(0, dispatchers.Sum(d => d.CompletionQueueOverflows));
+        // The operator hears of it: a Warning per episode of backlog, not one per pass.
+        int warnings = logs.Entries.Count(e => e.EventId.Name == "CompletionQueueOverflow" && e.Level == LogLevel.Warning);
+        Assert.InRange(warnings, 1, backlogs);
     }
 
     [Fact]
