@@ -67,9 +67,12 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
         }
 
         // From an application thread: the dispatcher re-provides it on its next pass. No wake-up is needed
-        // unless receives wait for buffers.
-        Interlocked.Increment(ref _returnedPending);
+        // unless receives wait for buffers. The increment is a full fence between the enqueue and the read of
+        // _receivesStarved; the dispatcher fences between setting it and draining (DrainReturnedBuffers). Without
+        // both, each side could read the other's old value: this one no starvation, the dispatcher an empty queue,
+        // and the starved receives would sleep until some other event woke the dispatcher.
         _returnedBuffers.Enqueue((ushort)bufferId);
+        Interlocked.Increment(ref _returnedPending);
         if (_receivesStarved)
         {
             Schedule(static _ => { }, null);
@@ -78,6 +81,12 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
 
     private void DrainReturnedBuffers()
     {
+        if (_receivesStarved)
+        {
+            // Pairs with the fence in Return: see there.
+            Interlocked.MemoryBarrier();
+        }
+
         while (_returnedBuffers.TryDequeue(out ushort bufferId))
         {
             _bufferRing!.Return(bufferId);
