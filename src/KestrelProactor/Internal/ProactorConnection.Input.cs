@@ -30,6 +30,12 @@ internal sealed partial class ProactorConnection
     private Action? _onInputFlushed;
     private ValueTaskAwaiter<FlushResult> _inputFlushAwaiter;
 
+    // The copying input's reader (null with a lending input), the bytes it received before the application first
+    // read, and 1 while receiving waits for that first read (see HoldUntilFirstRead).
+    private readonly ProactorCopyingInputReader? _copyingReader;
+    private long _preReadBytes;
+    private int _preReadHeld;
+
     /// <summary>
     /// For a receive straight into the pipe: memory to read into, pinned until <see cref="OnReceiveCompleted"/>.
     /// </summary>
@@ -225,7 +231,68 @@ internal sealed partial class ProactorConnection
             return;
         }
 
+        if (_preReadBytes >= ProactorInputPipe.PreReadPauseThreshold && HoldUntilFirstRead())
+        {
+            return;
+        }
+
         ArmReceive();
+    }
+
+    /// <summary>
+    /// The copying input received <see cref="ProactorInputPipe.PreReadPauseThreshold"/> bytes and the application
+    /// has not read yet (a connection starts receiving at accept, before Kestrel takes it): receiving pauses until
+    /// the first read, as the lending input's lower threshold does. Returns false when the application has read.
+    /// </summary>
+    private bool HoldUntilFirstRead()
+    {
+        if (_copyingReader is not { ReadStarted: false })
+        {
+            return false;
+        }
+
+        // A full fence between this store and the read of ReadStarted; the reader fences the other way round, so
+        // at least one side sees the other and the first read always ends the hold.
+        Interlocked.Exchange(ref _preReadHeld, 1);
+        if (_copyingReader.ReadStarted)
+        {
+            Volatile.Write(ref _preReadHeld, 0);
+            return false;
+        }
+
+        _inputFlushPending = true;
+        ProactorLog.ConnectionPause(_logger, ConnectionId);
+        return true;
+    }
+
+    /// <summary>From the application's first read (any thread): ends a hold of <see cref="HoldUntilFirstRead"/>.</summary>
+    internal void OnApplicationFirstRead()
+    {
+        if (Volatile.Read(ref _preReadHeld) != 0)
+        {
+            Dispatcher.Schedule(static state => ((ProactorConnection)state!).ReleasePreReadHold(), this);
+        }
+    }
+
+    private void ReleasePreReadHold()
+    {
+        if (Interlocked.Exchange(ref _preReadHeld, 0) == 0)
+        {
+            return;
+        }
+
+        try
+        {
+            _inputFlushPending = false;
+            ProactorLog.ConnectionResume(_logger, ConnectionId);
+            ArmReceive();
+        }
+        catch (Exception ex)
+        {
+            // A work item with state of its own: this connection takes the fault, as on the other resumes.
+            Dispatcher.OnHandlerFault(this, OperationKind.Receive, operationEnded: false, ex);
+            AdvanceClose();
+        }
     }
 
     /// <summary>A receive into pipe memory is over: the memory is no longer the kernel's.</summary>

@@ -104,6 +104,11 @@ internal sealed partial class ProactorConnection
                     Input!.Write(data);
                 }
 
+                if (_copyingReader is { ReadStarted: false })
+                {
+                    _preReadBytes += result.Value;
+                }
+
                 if (!_inputFlushPending)
                 {
                     FlushInput();

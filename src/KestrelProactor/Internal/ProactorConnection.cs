@@ -84,7 +84,8 @@ internal sealed partial class ProactorConnection : ConnectionContext,
             // The writer resumes (after back-pressure) on the dispatcher.
             var input = new Pipe(new PipeOptions(_kernelMemory, applicationScheduler, dispatcher, maxRead, maxRead / 2, useSynchronizationContext: false));
             Input = input.Writer;
-            inputReader = input.Reader;
+            _copyingReader = new ProactorCopyingInputReader(input.Reader, this);
+            inputReader = _copyingReader;
         }
 
         // Output: the application writes, the dispatcher reads and sends. A flush on any thread becomes a

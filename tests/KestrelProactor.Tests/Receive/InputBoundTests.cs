@@ -7,7 +7,7 @@ using Microsoft.AspNetCore.Connections;
 
 namespace KestrelProactor.Tests.Receive;
 
-/// <summary>What a connection's lending input may hold: its share of the ring at any MaxReadBufferSize, and a bound before the application reads.</summary>
+/// <summary>What a connection's lending input may hold: its share of the ring at any MaxReadBufferSize (the bound before the application reads is in PreReadBoundTests).</summary>
 public sealed class InputBoundTests
 {
     private const int ReceiveBufferSize = 16 * 1024;
@@ -40,48 +40,6 @@ public sealed class InputBoundTests
         Assert.True(lent > 2, $"Only {lent} receive buffers were lent for {Upload} bytes.");
         input.AdvanceTo(result.Buffer.End);
         await send.DefaultTimeout();
-    }
-
-    [Fact]
-    public async Task NotReadYet_HoldsAboutPreReadThreshold_ThenReadsEverything()
-    {
-        // A connection starts receiving at accept, before Kestrel takes it; with the thread pool too busy to take it,
-        // it held up to MaxReadBufferSize (1 MiB). Single-shot receives: the pause point is exact (a multishot
-        // receive adds whatever it delivered before its cancel landed, held apart, and that varies).
-        const int Upload = 4 * 1024 * 1024;
-        var logs = new CapturingLoggerFactory();
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.ProactorSingleShot, loggerFactory: logs);
-        (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
-        byte[] upload = RawClient.CreatePayload(Upload);
-        Task send = RawClient.SendAllAsync(client, upload);
-        await ReceiveEventTests.WaitUntilAsync(() => logs.Entries.Any(e => e.EventId.Name == "ConnectionPause"));
-
-        // The first read shows what arrived before it (the resume it causes runs later, on the dispatcher).
-        ReadResult first = await connection.Transport.Input.ReadAsync().AsTask().DefaultTimeout();
-        TestContext.Current.TestOutputHelper?.WriteLine($"Held before the first read: {first.Buffer.Length} bytes.");
-        Assert.InRange(first.Buffer.Length, ProactorInputPipe.PreReadPauseThreshold, ProactorInputPipe.PreReadPauseThreshold + ReceiveBufferSize);
-
-        // The first read lifted the bound to MaxReadBufferSize; every byte arrives, in order.
-        using var received = new MemoryStream();
-        ReadResult result = first;
-        while (true)
-        {
-            foreach (ReadOnlyMemory<byte> segment in result.Buffer)
-            {
-                received.Write(segment.Span);
-            }
-
-            connection.Transport.Input.AdvanceTo(result.Buffer.End);
-            if (received.Length >= Upload)
-            {
-                break;
-            }
-
-            result = await connection.Transport.Input.ReadAsync().AsTask().DefaultTimeout();
-        }
-
-        await send.DefaultTimeout();
-        Assert.Equal(RawClient.Hash(upload), RawClient.Hash(received.ToArray()));
     }
 
     private static long Lent(ListenerHarness harness)
