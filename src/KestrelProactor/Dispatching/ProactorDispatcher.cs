@@ -78,6 +78,14 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     /// <summary>Owners (connections and listeners) in the operation table (read racily).</summary>
     public long ConnectionCount => Table.Count;
 
+    /// <summary>The owners in the table, for a test's failure message (read racily from another thread).</summary>
+    internal List<IOperationOwner> OwnersForTests()
+    {
+        var owners = new List<IOperationOwner>();
+        Table.CopyOwners(owners);
+        return owners;
+    }
+
     /// <summary>Connections registered here and not yet finished, listeners left out (read racily, by the meter).</summary>
     public long OpenConnections => Volatile.Read(ref _openConnections);
 

@@ -9,6 +9,12 @@ namespace KestrelProactor.Internal;
 
 internal sealed partial class ProactorConnection
 {
+    /// <summary>The connection's I/O state, for a test's failure message (read racily from another thread).</summary>
+    internal string DescribeForTests()
+        => $"{ConnectionId}: recvActive={_receiveActive} paused={_inputFlushPending} inputEnded={_inputEnded} " +
+           $"sendActive={_sendActive} outputReadPending={_outputReadPending} outputEnded={_outputEnded} deferral={_deferral} " +
+           $"unsent={_unsent.Length} closing={_closeStarted} input=[{_lendingInput?.DescribeForTests()}]";
+
     private bool _sendActive;
     private bool _outputReadPending;
     private bool _outputEnded;

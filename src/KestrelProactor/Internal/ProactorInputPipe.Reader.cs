@@ -32,6 +32,9 @@ internal sealed partial class ProactorInputPipe
     private const string AdvancedPast = "The PipeReader has already advanced past the provided position.";
     private const string ConcurrentReads = "Concurrent reads or writes are not supported.";
 
+    internal string DescribeForTests()
+        => $"end={_end} examined={_examined} readEnd={_readEnd} readPending={_readPending} signaled={_signaled} state={_readState} lent={_lentCount} paused={_paused}";
+
     private bool _signaled;
     private bool _cancelRequested;
     private bool _readStarted;

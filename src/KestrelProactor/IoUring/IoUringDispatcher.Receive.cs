@@ -32,6 +32,17 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
 
     public override int LendableBufferCount => _bufferRing?.Count ?? 0;
 
+    /// <summary>The receive side's state, for a test's failure message (read racily from another thread).</summary>
+    internal string DescribeReceiveState()
+    {
+        IoUringRing? ring = _ring;
+        return $"dispatcher {Id}: starved={_receivesStarved} retries={_receiveRetries.Count} retried={StarvedReceiveRetries} " +
+               $"available={_bufferRing?.Available} lent={_bufferRing?.Lent} returnedPending={Volatile.Read(ref _returnedPending)} " +
+               $"owners={ConnectionCount} inFlight={InFlightOperations} sqPending={ring?.PendingSubmissions} cqReady={ring?.ReadyCompletions} " +
+               $"sqFlags=0x{ring?.SqFlags:x} wakeups={ring?.SubmissionThreadWakeups}" +
+               string.Concat(OwnersForTests().OfType<ProactorConnection>().Select(c => "\n  " + c.DescribeForTests()));
+    }
+
     /// <summary>Starved receives retried once a buffer was there for them (counted for tests).</summary>
     public long StarvedReceiveRetries { get; private set; }
 

@@ -144,6 +144,9 @@ internal sealed unsafe partial class IoUringRing : IDisposable
     public bool NeedsEnter => (Volatile.Read(ref *_sqFlags) & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) != 0;
 
     /// <summary>True while the kernel holds completions that did not fit in the CQ (NODROP keeps them for us).</summary>
+    /// <summary>The SQ ring's flags as the kernel last wrote them (for diagnostics).</summary>
+    public uint SqFlags => Volatile.Read(ref *_sqFlags);
+
     public bool HasOverflowBacklog => (Volatile.Read(ref *_sqFlags) & IORING_SQ_CQ_OVERFLOW) != 0;
 
     /// <summary>

@@ -74,7 +74,22 @@ public sealed class TightResourceTests
             return echoed.Length == payload.Length && RawClient.Hash(echoed) == RawClient.Hash(payload);
         }, TestContext.Current.CancellationToken)).ToArray();
 
-        bool[] intact = await Task.WhenAll(clients).LongTimeout();
+        bool[] intact;
+        try
+        {
+            intact = await Task.WhenAll(clients).LongTimeout();
+        }
+        catch (Exception) when (harness.Factory is ProactorTransportFactory { Backend: { } backend })
+        {
+            // What the dispatchers' receive side looked like when a client gave up waiting.
+            foreach (KestrelProactor.IoUring.IoUringDispatcher dispatcher in backend.Dispatchers.OfType<KestrelProactor.IoUring.IoUringDispatcher>())
+            {
+                TestContext.Current.TestOutputHelper?.WriteLine(dispatcher.DescribeReceiveState());
+            }
+
+            throw;
+        }
+
         await Task.WhenAll(await acceptLoop.LongTimeout()).LongTimeout();
 
         // Assert
