@@ -28,7 +28,7 @@ usage: perf/run.sh [--quick] [--allow-fallback] [--pin] [--rounds N] [--duration
                     checks fail; the report then must show errors and the exit status must be 1
   --fresh-servers   start a new server for every run (default: one server per transport and scheduling
                     mode, kept across scenarios; idle-memory and trickle-memory always get fresh ones)
-  --port P          first loopback port (default 5200); servers use P..P+7 (odd ports serve h2c)
+  --port P          first loopback port (default 5200); the run uses P..P+15 (see perf/README.md, "Ports")
   --no-build        use the existing Release build
 EOF
 }
@@ -72,6 +72,9 @@ done
 # Scenario table: id | tool | what it runs. Inline scenarios start both servers with --inline.
 SCENARIOS=(
   "functional"          # every endpoint answers correctly (bodies, digests, h2c, WebSocket) - errors only
+  "ceiling"             # perf/Ceiling, a raw epoll responder with no HTTP stack, under the plaintext loads; once per round
+  "latency"             # wrk GET /plaintext, 1 connection, one request in flight: p50 and p99
+  "plaintext-16"        # wrk GET /plaintext, 16 connections
   "plaintext-64"        # wrk GET /plaintext, 64 connections
   "plaintext-256"       # wrk GET /plaintext, 256 connections
   "pipelined-16"        # wrk GET /plaintext, 256 connections, 16 requests per write
@@ -79,7 +82,9 @@ SCENARIOS=(
   "hash-256"            # wrk POST /hash with a 64 KiB body, 256 connections
   "wait-256"            # wrk GET /wait (0-5 ms await), 256 connections
   "churn-64"            # wrk GET /plaintext with Connection: close, 64 connections
-  "h2c-plaintext"       # h2load h2c GET /plaintext, 64 connections x 16 streams
+  "https"               # wrk GET /plaintext over TLS (self-signed certificate), 256 connections
+  "proxy"               # wrk GET /proxy/plaintext, 256 connections: a reverse proxy in front of a socket-transport backend
+  "h2c-plaintext"       # h2load h2c GET /plaintext, 64 connections x 16 streams per connection
   "ws-echo"             # WebSocket echo, 64 connections x 128-byte messages
   "idle-memory"         # RSS per idle keep-alive connection
   "trickle-memory"      # RSS per connection trickling an unfinished request head, one byte per packet
@@ -99,19 +104,27 @@ else
   SELECTED=("${SCENARIO_IDS[@]}")
 fi
 
-# Servers use PORT..PORT+7. Another run on the same machine (or anything else) holding one of them would make
-# every server start fail; a default port range that is busy moves up, an explicit --port must be free.
+# The run uses PORT..PORT+15: P..P+7 the four servers' HTTP/1.1 and h2c ports (as before), P+8..P+11 their https
+# ports, P+12 the proxy backend (P+13 its unused h2c port), P+14 the ceiling. Another run on the same machine (or
+# anything else) holding one of them would make every server start fail; a default port range that is busy moves
+# up, an explicit --port must be free.
+PORT_SPAN=16
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-ports_free() { local p; for p in $(seq "$1" $(($1 + 7))); do port_busy "$p" && return 1; done; return 0; }
+ports_free() { local p; for p in $(seq "$1" $(($1 + PORT_SPAN - 1))); do port_busy "$p" && return 1; done; return 0; }
 PORT_NOTE=""
 if ! ports_free "$PORT"; then
-  [[ $PORT_GIVEN -eq 1 ]] && { echo "run.sh: a port in $PORT-$((PORT + 7)) is in use" >&2; exit 2; }
-  busy_range="$PORT-$((PORT + 7))"
-  for _ in $(seq 1 20); do PORT=$((PORT + 10)); ports_free "$PORT" && break; done
-  ports_free "$PORT" || { echo "run.sh: no free range of 8 ports found above $busy_range" >&2; exit 2; }
+  [[ $PORT_GIVEN -eq 1 ]] && { echo "run.sh: a port in $PORT-$((PORT + PORT_SPAN - 1)) is in use" >&2; exit 2; }
+  busy_range="$PORT-$((PORT + PORT_SPAN - 1))"
+  for _ in $(seq 1 20); do PORT=$((PORT + 20)); ports_free "$PORT" && break; done
+  ports_free "$PORT" || { echo "run.sh: no free range of $PORT_SPAN ports found above $busy_range" >&2; exit 2; }
   PORT_NOTE=" ($busy_range were in use at start: if another benchmark was running, it disturbed these numbers)"
-  echo "run.sh: ports $busy_range are in use; using $PORT-$((PORT + 7))$PORT_NOTE" >&2
+  echo "run.sh: ports $busy_range are in use; using $PORT-$((PORT + PORT_SPAN - 1))$PORT_NOTE" >&2
 fi
+BACKEND_PORT=$((PORT + 12)); CEILING_PORT=$((PORT + 14))
+# Servers listen for https and proxy only when a run needs it, so the other scenarios see the same server as before.
+selected() { printf '%s\n' "${SELECTED[@]}" | grep -qx -- "$1"; }
+NEED_HTTPS=0; selected https && NEED_HTTPS=1
+NEED_PROXY=0; selected proxy && NEED_PROXY=1
 
 # ---------------------------------------------------------------- tools
 need_tool() { command -v "$1" >/dev/null 2>&1; }
@@ -145,13 +158,15 @@ SERVER_DLL="$PERF_DIR/BenchmarkServer/bin/Release/net10.0/KestrelProactor.Perf.B
 CLIENT_DLL="$PERF_DIR/LoadClient/bin/Release/net10.0/KestrelProactor.Perf.LoadClient.dll"
 REPORT_DLL="$PERF_DIR/Report/bin/Release/net10.0/KestrelProactor.Perf.Report.dll"
 CHART_DLL="$PERF_DIR/Chart/bin/Release/net10.0/KestrelProactor.Perf.Chart.dll"
+CEILING_DLL="$PERF_DIR/Ceiling/bin/Release/net10.0/KestrelProactor.Perf.Ceiling.dll"
 if [[ $BUILD -eq 1 ]]; then
-  echo "run.sh: building perf/perf.slnf (Release)"
-  if ! dotnet build "$PERF_DIR/perf.slnf" -c Release -nologo -v q >"/tmp/perf-build.log" 2>&1; then
+  echo "run.sh: building perf/perf.slnf and perf/Ceiling (Release)"
+  # The ceiling has no dependency on the repository's projects and is not in the solution: built on its own.
+  if ! { dotnet build "$PERF_DIR/perf.slnf" -c Release -nologo -v q && dotnet build "$PERF_DIR/Ceiling/Ceiling.csproj" -c Release -nologo -v q; } >"/tmp/perf-build.log" 2>&1; then
     tail -30 /tmp/perf-build.log >&2; echo "run.sh: the Release build failed (log: /tmp/perf-build.log)" >&2; exit 2
   fi
 fi
-for dll in "$SERVER_DLL" "$CLIENT_DLL" "$REPORT_DLL" "$CHART_DLL"; do
+for dll in "$SERVER_DLL" "$CLIENT_DLL" "$REPORT_DLL" "$CHART_DLL" "$CEILING_DLL"; do
   [[ -f "$dll" ]] || { echo "run.sh: $dll is missing (run without --no-build)" >&2; exit 2; }
 done
 
@@ -184,7 +199,7 @@ record_error() {
 
 # ---------------------------------------------------------------- server lifecycle
 # The current server: set by acquire_server, read by every run_* function.
-SERVER_PID=""; SERVER_BACKEND=""; SERVER_LOG=""; SERVER_RUNTIME=""; SRV_PORT=""; SRV_H2_PORT=""
+SERVER_PID=""; SERVER_BACKEND=""; SERVER_LOG=""; SERVER_RUNTIME=""; SRV_PORT=""; SRV_H2_PORT=""; SRV_HTTPS_PORT=""
 # Servers kept across scenarios, keyed "transport-inline" (unless --fresh-servers).
 declare -A KEPT_PID KEPT_LOG KEPT_BACKEND KEPT_RUNTIME KEPT_LAST
 
@@ -196,6 +211,8 @@ start_server() {
   local args=(--transport "$transport" --port "$SRV_PORT" --h2-port "$SRV_H2_PORT" --fault "$FAULT")
   [[ $inline -eq 1 ]] && args+=(--inline)
   [[ -n "$DISPATCHERS" ]] && args+=(--dispatchers "$DISPATCHERS")
+  [[ $NEED_HTTPS -eq 1 ]] && args+=(--https-port "$SRV_HTTPS_PORT")
+  [[ $NEED_PROXY -eq 1 ]] && args+=(--proxy-backend "$BACKEND_PORT")
   "${SERVER_PIN[@]}" dotnet "$SERVER_DLL" "${args[@]}" >"$SERVER_LOG" 2>&1 &
   SERVER_PID=$!
   local ready=""
@@ -274,7 +291,7 @@ forget_kept() {
 acquire_server() {
   local transport=$1 inline=$2 scenario=$3 round=$4 fresh=$5 key="$1-$2"
   local offset=$((inline * 4)); [[ $transport == proactor ]] && offset=$((offset + 2))
-  SRV_PORT=$((PORT + offset)); SRV_H2_PORT=$((SRV_PORT + 1))
+  SRV_PORT=$((PORT + offset)); SRV_H2_PORT=$((SRV_PORT + 1)); SRV_HTTPS_PORT=$((PORT + 8 + offset / 2))
   if [[ -n "${KEPT_PID[$key]:-}" ]]; then
     if ! kill -0 "${KEPT_PID[$key]}" 2>/dev/null; then
       # It died after its previous run had been checked: blame that run, and start a new one for this run.
@@ -305,8 +322,60 @@ release_server() {
   fi
 }
 
+# ---------------------------------------------------------------- helper processes
+# Processes that are not a server under test: the proxy scenario's backend and the ceiling responder. Each is
+# started when first needed, kept for the whole run, checked after every run that used it, and stopped at the end.
+declare -A AUX_PID AUX_LOG
+
+# start_aux NAME SCENARIO ROUND TRANSPORT READY_PREFIX CMD... -> 0 once CMD printed a line starting READY_PREFIX.
+start_aux() {
+  local name=$1 scenario=$2 round=$3 transport=$4 prefix=$5; shift 5
+  local logf="$WORK/$name.log" pid ready=0
+  "$@" >"$logf" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 300); do   # 30 s at most
+    grep -q "^$prefix" "$logf" 2>/dev/null && { ready=1; break; }
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [[ $ready -eq 0 ]]; then
+    record_error "$scenario" "$round" "$transport" "$name did not start: $(tail -3 "$logf" | tr '\n' ' ')"
+    kill -KILL "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    return 1
+  fi
+  AUX_PID[$name]=$pid; AUX_LOG[$name]=$logf
+  return 0
+}
+
+# aux_alive NAME SCENARIO ROUND TRANSPORT -> 0 when NAME is running; when it died, that is this run's error.
+aux_alive() {
+  local name=$1 pid="${AUX_PID[$1]:-}"
+  [[ -z "$pid" ]] && return 1
+  kill -0 "$pid" 2>/dev/null && return 0
+  wait "$pid" 2>/dev/null; local code=$?
+  record_error "$2" "$3" "$4" "$name died (exit $code): $(tail -2 "${AUX_LOG[$name]}" | tr '\n' ' ')"
+  unset "AUX_PID[$name]"
+  return 1
+}
+
+# stop_aux NAME: SIGTERM, then SIGKILL after 5 s (an error: it must stop cleanly).
+stop_aux() {
+  local name=$1 pid="${AUX_PID[$1]:-}"
+  [[ -z "$pid" ]] && return 0
+  aux_alive "$name" "$name" "-" "-" || return 0
+  kill -TERM "$pid" 2>/dev/null
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -KILL "$pid" 2>/dev/null
+    record_error "$name" "-" "-" "$name ignored SIGTERM for 5 s and was killed"
+  fi
+  wait "$pid" 2>/dev/null
+  unset "AUX_PID[$name]"
+}
+
 cleanup() {
   for key in "${!KEPT_PID[@]}"; do kill -KILL "${KEPT_PID[$key]}" 2>/dev/null; done
+  for name in "${!AUX_PID[@]}"; do kill -KILL "${AUX_PID[$name]}" 2>/dev/null; done
   [[ -n "${IDLE_PID:-}" ]] && kill -KILL "$IDLE_PID" 2>/dev/null
 }
 trap cleanup EXIT
@@ -364,13 +433,17 @@ emit() {
 wrk_args() {
   local url="http://127.0.0.1:$SRV_PORT"
   case "$1" in
-    plaintext-64) echo "-c 64 -s $PERF_WRK_DIR/report.lua $url/plaintext" ;;
-    plaintext-256|inline-plaintext-256) echo "-c 256 -s $PERF_WRK_DIR/report.lua $url/plaintext" ;;
-    pipelined-16|inline-pipelined-16) echo "-c 256 -s $PERF_WRK_DIR/pipeline.lua $url/plaintext" ;;
+    latency) echo "-c 1 -s $PERF_WRK_DIR/report.lua $url/plaintext" ;;
+    plaintext-16|ceiling-16) echo "-c 16 -s $PERF_WRK_DIR/report.lua $url/plaintext" ;;
+    plaintext-64|ceiling-64) echo "-c 64 -s $PERF_WRK_DIR/report.lua $url/plaintext" ;;
+    plaintext-256|inline-plaintext-256|ceiling-256) echo "-c 256 -s $PERF_WRK_DIR/report.lua $url/plaintext" ;;
+    pipelined-16|inline-pipelined-16|ceiling-pipelined-16) echo "-c 256 -s $PERF_WRK_DIR/pipeline.lua $url/plaintext" ;;
     json-256) echo "-c 256 -s $PERF_WRK_DIR/report.lua $url/json" ;;
     hash-256) echo "-c 256 -s $PERF_WRK_DIR/hash.lua $url/hash" ;;
     wait-256) echo "-c 256 -s $PERF_WRK_DIR/report.lua $url/wait" ;;
     churn-64) echo "-c 64 -s $PERF_WRK_DIR/report.lua $url/plaintext" ;;
+    https) echo "-c 256 -s $PERF_WRK_DIR/report.lua https://127.0.0.1:$SRV_HTTPS_PORT/plaintext" ;;
+    proxy) echo "-c 256 -s $PERF_WRK_DIR/report.lua $url/proxy/plaintext" ;;
   esac
 }
 
@@ -388,20 +461,36 @@ wrk_errors() {
   [[ -n "$out" ]] && echo "wrk errors: ${out% }$([[ "$out" == *status=* ]] && echo ' (status = responses >= 400)')"
 }
 
+# prime SCENARIO ROUND TRANSPORT CURL_ARGS...: one request that must answer exactly "Hello, World!" with a 200.
+prime() {
+  local scenario=$1 round=$2 transport=$3; shift 3
+  local got; got="$(curl -sS --max-time 10 -w ' %{http_code}' "$@" 2>&1)"
+  [[ "$got" == "Hello, World! 200" ]] \
+    || record_error "$scenario" "$round" "$transport" "first request: expected 'Hello, World! 200', got '$(head -c 200 <<<"$got" | tr '\n' ' ')'"
+}
+
 run_wrk() {
   local scenario=$1 round=$2 transport=$3
   local args; read -r -a args <<<"$(wrk_args "$scenario")"
   local headers=()
   [[ "$scenario" == churn-64 ]] && headers=(-H "Connection: close")
+  # One connection with one request in flight: wrk needs at least one connection per thread.
+  local threads=$WRK_THREADS; [[ "$scenario" == latency ]] && threads=1
   local base="$WORK/$scenario-$round-$transport"
+  # TLS and the proxy's client run code nothing before them has run, and quick mode has no warm-up: one checked
+  # request first (wrk counts only statuses, this also checks the body), so a run does not measure their JIT.
+  case "$scenario" in
+    https) prime "$scenario" "$round" "$transport" -k "https://127.0.0.1:$SRV_HTTPS_PORT/plaintext" ;;
+    proxy) prime "$scenario" "$round" "$transport" "http://127.0.0.1:$SRV_PORT/proxy/plaintext" ;;
+  esac
   # Warm-up: the same load, not measured, but its errors count.
   local e=""
   if [[ $WARMUP -gt 0 ]]; then
-    "${CLIENT_PIN[@]}" wrk -t "$WRK_THREADS" -d "${WARMUP}s" "${headers[@]}" "${args[@]}" >"$base.warmup.txt" 2>&1
+    "${CLIENT_PIN[@]}" wrk -t "$threads" -d "${WARMUP}s" "${headers[@]}" "${args[@]}" >"$base.warmup.txt" 2>&1
     e="$(wrk_errors "$base.warmup.txt")"
     [[ -n "$e" ]] && record_error "$scenario" "$round" "$transport" "warm-up: $e"
   fi
-  measured "$scenario" "$round" "$transport" "$base.txt" -- "${CLIENT_PIN[@]}" wrk -t "$WRK_THREADS" -d "${DURATION}s" --latency "${headers[@]}" "${args[@]}"
+  measured "$scenario" "$round" "$transport" "$base.txt" -- "${CLIENT_PIN[@]}" wrk -t "$threads" -d "${DURATION}s" --latency "${headers[@]}" "${args[@]}"
   local line; line="$(grep -m1 '^WRK-RESULT' "$base.txt")"
   local requests duration p50 p99
   requests="$(sed -n 's/.* requests=\([0-9]*\).*/\1/p' <<<"$line")"
@@ -416,6 +505,39 @@ run_wrk() {
   [[ -n "$requests" && -n "$duration" && "$duration" != 0 ]] && rps="$(awk -v r="$requests" -v d="$duration" 'BEGIN { printf "%.0f", r * 1e6 / d }')"
   emit "$scenario" "$round" "$transport" "req/s" "$rps" "$p50" "$p99" "$requests" "$([[ -n "$e" ]] && echo 1 || echo 0)"
   log "$scenario round $round $transport: ${rps:-?} req/s p50 ${p50:-?} us p99 ${p99:-?} us${e:+ ($e)}"
+}
+
+# proxy: the server under test forwards /proxy/plaintext to one backend process on the socket transport, the
+# same for both transports and kept for the whole run; only the proxy's own costs are counted.
+run_proxy() {
+  local scenario=$1 round=$2 transport=$3
+  if [[ -z "${AUX_PID[backend]:-}" ]] && ! start_aux backend "$scenario" "$round" "$transport" BENCH-READY \
+      "${SERVER_PIN[@]}" dotnet "$SERVER_DLL" --transport sockets --port "$BACKEND_PORT" --h2-port "$((BACKEND_PORT + 1))" --fault "$FAULT"; then
+    M_CPU_US=""; M_SYSCALLS=""; M_CTX=""
+    emit "$scenario" "$round" "$transport" "req/s" "" "" "" "" 1
+    return
+  fi
+  run_wrk "$scenario" "$round" "$transport"
+  aux_alive backend "$scenario" "$round" "$transport"
+}
+
+# ceiling: perf/Ceiling (one thread, epoll, no HTTP stack) under the wrk loads of plaintext-16/64/256 and
+# pipelined-16, once per round; the report sets the plaintext rows against it ("percent of ceiling").
+CEILING_LOADS=(ceiling-16 ceiling-64 ceiling-256 ceiling-pipelined-16)
+run_ceiling() {
+  local round=$1 load
+  if [[ -z "${AUX_PID[ceiling]:-}" ]] && ! start_aux ceiling ceiling "$round" ceiling CEILING-READY \
+      "${SERVER_PIN[@]}" dotnet "$CEILING_DLL" --port "$CEILING_PORT"; then
+    M_CPU_US=""; M_SYSCALLS=""; M_CTX=""; SERVER_BACKEND=none
+    for load in "${CEILING_LOADS[@]}"; do emit "$load" "$round" ceiling "req/s" "" "" "" "" 1; done
+    return
+  fi
+  SERVER_PID="${AUX_PID[ceiling]}"; SERVER_BACKEND=epoll; SRV_PORT=$CEILING_PORT
+  for load in "${CEILING_LOADS[@]}"; do
+    run_wrk "$load" "$round" ceiling
+    aux_alive ceiling "$load" "$round" ceiling || break
+  done
+  SERVER_PID=""
 }
 
 # h2load_errors FILE -> "" or a description of every failed, errored, timed-out or non-2xx request.
@@ -609,7 +731,9 @@ run_functional() {
   echo "rounds=$ROUNDS"
   echo "duration_s=$DURATION"
   echo "warmup_s=$WARMUP"
-  echo "ports=$PORT-$((PORT + 7))$PORT_NOTE"
+  echo "ports=$PORT-$((PORT + PORT_SPAN - 1))$PORT_NOTE"
+  echo "ceiling=perf/Ceiling: one thread, epoll, no HTTP stack, port $CEILING_PORT$([[ $PIN -eq 1 ]] && echo ', on CPU 0')"
+  echo "proxy_backend=$([[ $NEED_PROXY -eq 1 ]] && echo "BenchmarkServer on the socket transport, port $BACKEND_PORT, one process for the whole run" || echo 'not used')"
   echo "servers=$([[ $FRESH -eq 1 ]] && echo 'a new server for every run' || echo 'one per transport and scheduling mode, kept across scenarios; new ones for idle-memory and trickle-memory')"
   echo "pin=$([[ $PIN -eq 1 ]] && echo 'server on CPU 0, load generators on CPU 1' || echo no)"
   echo "load_threads=$WRK_THREADS"
@@ -626,6 +750,10 @@ run_functional() {
 START_SECONDS=$SECONDS
 log "perf run $STAMP: ${#SELECTED[@]} scenario(s) x $ROUNDS round(s) x 2 transports; raw output in ${WORK#"$REPO_DIR"/}"
 for scenario in "${SELECTED[@]}"; do
+  if [[ "$scenario" == ceiling ]]; then   # one responder, no transport to alternate
+    for round in $(seq 1 "$ROUNDS"); do run_ceiling "$round"; done
+    continue
+  fi
   inline=0; [[ "$scenario" == inline-* ]] && inline=1
   for round in $(seq 1 "$ROUNDS"); do
     for transport in sockets proactor; do   # A, B, A, B, ...
@@ -639,6 +767,7 @@ for scenario in "${SELECTED[@]}"; do
       case "$scenario" in
         functional) run_functional "$scenario" "$round" "$transport" ;;
         h2c-plaintext) run_h2load "$scenario" "$round" "$transport" ;;
+        proxy) run_proxy "$scenario" "$round" "$transport" ;;
         ws-echo) run_ws "$scenario" "$round" "$transport" ;;
         idle-memory) run_idle "$scenario" "$round" "$transport" ;;
         trickle-memory) run_trickle "$scenario" "$round" "$transport" ;;
@@ -650,6 +779,7 @@ for scenario in "${SELECTED[@]}"; do
   done
 done
 for key in "${!KEPT_PID[@]}"; do forget_kept "$key" "${KEPT_LAST[$key]:-shutdown}" "-" "${key%-*}"; done
+for name in "${!AUX_PID[@]}"; do stop_aux "$name"; done
 ELAPSED=$((SECONDS - START_SECONDS))
 {
   cat "$WORK/runtime.env" 2>/dev/null

@@ -5,8 +5,10 @@ internal sealed class BenchmarkServerArguments
 {
     public const string Usage =
         "usage: BenchmarkServer --transport sockets|proactor [--port 5000] [--h2-port 5001] [--inline] [--dispatchers N]\n" +
-        "                       [--fault none|status500|corrupt-bytes|crash]\n" +
+        "                       [--https-port P] [--proxy-backend P] [--fault none|status500|corrupt-bytes|crash]\n" +
         "  --inline        UnsafePreferInlineScheduling on the chosen transport\n" +
+        "  --https-port    also serve HTTP/1.1 over TLS there, with a self-signed certificate made at start\n" +
+        "  --proxy-backend forward /proxy/* to http://127.0.0.1:P/* through a reverse proxy\n" +
         "  --dispatchers   proactor DispatcherCount (default: processor count); ignored by sockets\n" +
         "  --fault         deliberately break the server, to prove the driver's checks can fail";
 
@@ -15,6 +17,8 @@ internal sealed class BenchmarkServerArguments
     public int Http2Port { get; private set; } = 5001;
     public bool Inline { get; private set; }
     public int? Dispatchers { get; private set; }
+    public int? HttpsPort { get; private set; }
+    public int? ProxyBackendPort { get; private set; }
     public string Fault { get; private set; } = "none";
 
     public static bool TryParse(string[] args, out BenchmarkServerArguments parsed, out string error)
@@ -30,7 +34,7 @@ internal sealed class BenchmarkServerArguments
                 case "--inline":
                     parsed.Inline = true;
                     continue;
-                case "--transport" or "--port" or "--h2-port" or "--dispatchers" or "--fault" when value is null:
+                case "--transport" or "--port" or "--h2-port" or "--https-port" or "--proxy-backend" or "--dispatchers" or "--fault" when value is null:
                     error = $"{name} needs a value";
                     return false;
                 case "--transport":
@@ -41,6 +45,12 @@ internal sealed class BenchmarkServerArguments
                     break;
                 case "--h2-port" when int.TryParse(value, out int h2Port) && h2Port is > 0 and < 65536:
                     parsed.Http2Port = h2Port;
+                    break;
+                case "--https-port" when int.TryParse(value, out int httpsPort) && httpsPort is > 0 and < 65536:
+                    parsed.HttpsPort = httpsPort;
+                    break;
+                case "--proxy-backend" when int.TryParse(value, out int backendPort) && backendPort is > 0 and < 65536:
+                    parsed.ProxyBackendPort = backendPort;
                     break;
                 case "--dispatchers" when int.TryParse(value, out int dispatchers) && dispatchers is >= 1 and <= 256:
                     parsed.Dispatchers = dispatchers;
@@ -62,9 +72,10 @@ internal sealed class BenchmarkServerArguments
             return false;
         }
 
-        if (parsed.Port == parsed.Http2Port)
+        int?[] ports = [parsed.Port, parsed.Http2Port, parsed.HttpsPort, parsed.ProxyBackendPort];
+        if (ports.Where(p => p.HasValue).Distinct().Count() != ports.Count(p => p.HasValue))
         {
-            error = "--port and --h2-port must differ";
+            error = "--port, --h2-port, --https-port and --proxy-backend must all differ";
             return false;
         }
 

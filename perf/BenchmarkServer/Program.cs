@@ -27,7 +27,21 @@ builder.WebHost.ConfigureKestrel(kestrel =>
     kestrel.Listen(System.Net.IPAddress.Loopback, arguments.Port, listen => listen.Protocols = HttpProtocols.Http1);
     // h2load speaks h2c with prior knowledge, which Kestrel accepts only on an HTTP/2-only cleartext endpoint.
     kestrel.Listen(System.Net.IPAddress.Loopback, arguments.Http2Port, listen => listen.Protocols = HttpProtocols.Http2);
+    if (arguments.HttpsPort is int httpsPort)
+    {
+        var certificate = ProxyAndTls.CreateSelfSignedCertificate();
+        kestrel.Listen(System.Net.IPAddress.Loopback, httpsPort, listen =>
+        {
+            listen.Protocols = HttpProtocols.Http1;
+            listen.UseHttps(certificate);
+        });
+    }
 });
+
+if (arguments.ProxyBackendPort is int backendPort)
+{
+    ProxyAndTls.AddProxy(builder.Services, backendPort);
+}
 
 if (arguments.Transport == "proactor")
 {
@@ -50,6 +64,10 @@ else
 var app = builder.Build();
 app.UseWebSockets();
 BenchmarkEndpoints.Map(app, arguments.Fault);
+if (arguments.ProxyBackendPort is not null)
+{
+    app.MapReverseProxy();
+}
 
 await app.StartAsync();
 
@@ -59,7 +77,7 @@ string activeBackend = arguments.Transport == "sockets" ? "sockets" : proactorFa
 string fallbackReason = proactorFactory?.FallbackReason ?? "";
 Console.WriteLine(
     $"BENCH-READY pid={Environment.ProcessId} transport={arguments.Transport} backend={activeBackend} " +
-    $"inline={arguments.Inline} dispatchers={arguments.Dispatchers?.ToString() ?? "default"} fault={arguments.Fault} " +
+    $"inline={arguments.Inline} https={arguments.HttpsPort?.ToString() ?? "no"} proxyBackend={arguments.ProxyBackendPort?.ToString() ?? "no"} dispatchers={arguments.Dispatchers?.ToString() ?? "default"} fault={arguments.Fault} " +
     $"runtime={System.Runtime.InteropServices.RuntimeInformation.FrameworkDescription.Replace(' ', '_')} " +
     $"gc={(System.Runtime.GCSettings.IsServerGC ? "server" : "workstation")} fallbackReason=\"{fallbackReason}\"");
 

@@ -31,6 +31,7 @@ internal static class MarkdownReport
         }
 
         md.AppendLine();
+        AppendCeiling(md, runs, summaries, errors);
         md.AppendLine("## Server cost per operation (medians; op = request, message, MiB transferred)");
         md.AppendLine();
         md.AppendLine("| scenario | CPU µs/op (s / p) | ratio | syscalls/op (s / p) | ratio | context switches/op (s / p) | ratio |");
@@ -54,6 +55,52 @@ internal static class MarkdownReport
                       "n/a: not measured (the counter is unavailable, or the tool reports no such figure); —: no run produced a value.");
         return md.ToString();
     }
+
+    private static void AppendCeiling(StringBuilder md, IReadOnlyList<RunRecord> runs, IReadOnlyList<ScenarioSummary> summaries, IReadOnlyList<RunError> errors)
+    {
+        var ceiling = new Ceiling(runs);
+        if (!ceiling.Loads.Any())
+        {
+            return;
+        }
+
+        md.AppendLine("## Ceiling: perf/Ceiling, one thread, epoll, no HTTP stack (medians)");
+        md.AppendLine();
+        md.AppendLine("| load | req/s | p50 µs | p99 µs | CPU µs/req | syscalls/req | context switches/req | errors |");
+        md.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|");
+        foreach (string load in ceiling.Loads)
+        {
+            md.AppendLine(CultureInfo.InvariantCulture,
+                $"| {load} | {F(ceiling.Median(load, x => x.Value))} | {F(ceiling.Median(load, x => x.P50Us))} | {F(ceiling.Median(load, x => x.P99Us))} " +
+                $"| {F(ceiling.Median(load, x => x.CpuUsPerOp))} | {F(ceiling.Median(load, x => x.SyscallsPerOp))} | {F(ceiling.Median(load, x => x.ContextSwitchesPerOp))} " +
+                $"| {ErrorCell(errors, load, Ceiling.Transport)} |");
+        }
+
+        md.AppendLine();
+        var bounded = summaries.Where(s => ceiling.LoadFor(s.Scenario) is not null).ToList();
+        if (bounded.Count == 0)
+        {
+            return;
+        }
+
+        md.AppendLine("**Percent of ceiling** (transport median / ceiling median under the same wrk command): req/s ↑ (100% = the ceiling's rate), " +
+                      "CPU µs per request ↓ (100% = the ceiling's cost).");
+        md.AppendLine();
+        md.AppendLine("| scenario | ceiling load | req/s % of ceiling (s / p) | CPU µs/req % of ceiling (s / p) |");
+        md.AppendLine("|---|---|---:|---:|");
+        foreach (var s in bounded)
+        {
+            string load = ceiling.LoadFor(s.Scenario)!;
+            double? rate = ceiling.Median(load, x => x.Value), cpu = ceiling.Median(load, x => x.CpuUsPerOp);
+            md.AppendLine(CultureInfo.InvariantCulture,
+                $"| {s.Scenario} | {load} | {Pct(Ceiling.Percent(s.Median(s.Sockets, x => x.Value), rate))} / {Pct(Ceiling.Percent(s.Median(s.Proactor, x => x.Value), rate))} " +
+                $"| {Pct(Ceiling.Percent(s.Median(s.Sockets, x => x.CpuUsPerOp), cpu))} / {Pct(Ceiling.Percent(s.Median(s.Proactor, x => x.CpuUsPerOp), cpu))} |");
+        }
+
+        md.AppendLine();
+    }
+
+    private static string Pct(double? percent) => percent is double p ? p.ToString("F0", CultureInfo.InvariantCulture) + "%" : "n/a";
 
     private static void AppendWarnings(StringBuilder md, IReadOnlyDictionary<string, string> meta, IReadOnlyList<RunRecord> runs, IReadOnlyList<RunError> errors)
     {
@@ -96,7 +143,7 @@ internal static class MarkdownReport
             ("kernel", "kernel"), ("cpus", "CPUs"), ("cpu_model", "CPU model"), ("memory", "memory"),
             ("runtime", ".NET runtime"), ("dotnet_sdk", ".NET SDK"), ("wrk", "wrk"), ("h2load", "h2load"),
             ("rounds", "rounds"), ("duration_s", "measured seconds per run"), ("warmup_s", "warm-up seconds per run"),
-            ("ports", "loopback ports"), ("servers", "servers"), ("pin", "CPU pinning"), ("load_threads", "wrk/h2load threads"), ("dispatchers", "proactor dispatchers"),
+            ("ports", "loopback ports"), ("servers", "servers"), ("ceiling", "ceiling"), ("proxy_backend", "proxy backend"), ("pin", "CPU pinning"), ("load_threads", "wrk/h2load threads"), ("dispatchers", "proactor dispatchers"),
             ("allow_fallback", "--allow-fallback"), ("fault", "fault injection"), ("idle_connections", "idle connections"),
             ("transfer_bytes", "transfer bytes"), ("syscall_counter", "syscall counter"),
             ("load_at_start", "load average at start"), ("load_at_end", "load average at end"), ("elapsed_s", "elapsed seconds"),

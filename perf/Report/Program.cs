@@ -35,16 +35,28 @@ File.WriteAllText(outBase + ".md", MarkdownReport.Render(meta, runs, summaries, 
 
 using (var csv = new StreamWriter(outBase + ".csv"))
 {
-    csv.WriteLine("scenario,unit,higher_is_better,sockets_median,proactor_median,ratio,errors_sockets,errors_proactor,proactor_backend");
+    // The ceiling columns come last, so readers of the first nine (the chart) are unaffected; empty where no ceiling load applies.
+    csv.WriteLine("scenario,unit,higher_is_better,sockets_median,proactor_median,ratio,errors_sockets,errors_proactor,proactor_backend," +
+                  "ceiling_median,sockets_pct_of_ceiling,proactor_pct_of_ceiling,ceiling_cpu_us_per_op,sockets_cpu_pct_of_ceiling,proactor_cpu_pct_of_ceiling");
+    var ceiling = new Ceiling(runs);
     foreach (var s in summaries)
     {
         string backend = string.Join("+", s.Proactor.Select(r => r.Backend.Length == 0 ? "none" : r.Backend).Distinct());
+        string? load = ceiling.LoadFor(s.Scenario);
+        double? ceilingRate = load is null ? null : ceiling.Median(load, r => r.Value);
+        double? ceilingCpu = load is null ? null : ceiling.Median(load, r => r.CpuUsPerOp);
         csv.WriteLine(string.Join(',',
             s.Scenario, s.Unit, s.HigherIsBetter ? "1" : "0",
             Invariant(s.Median(s.Sockets, r => r.Value)), Invariant(s.Median(s.Proactor, r => r.Value)), Invariant(s.ValueRatio),
             errors.Count(e => e.Scenario == s.Scenario && e.Transport == "sockets"),
             errors.Count(e => e.Scenario == s.Scenario && e.Transport == "proactor"),
-            backend));
+            backend,
+            Invariant(ceilingRate),
+            Invariant(Ceiling.Percent(s.Median(s.Sockets, r => r.Value), ceilingRate)),
+            Invariant(Ceiling.Percent(s.Median(s.Proactor, r => r.Value), ceilingRate)),
+            Invariant(ceilingCpu),
+            Invariant(Ceiling.Percent(s.Median(s.Sockets, r => r.CpuUsPerOp), ceilingCpu)),
+            Invariant(Ceiling.Percent(s.Median(s.Proactor, r => r.CpuUsPerOp), ceilingCpu))));
     }
 }
 

@@ -36,7 +36,8 @@ internal sealed class ScenarioSummary
     public static List<ScenarioSummary> Build(IReadOnlyList<RunRecord> runs)
     {
         var summaries = new List<ScenarioSummary>();
-        foreach (var group in runs.GroupBy(r => r.Scenario))
+        // The ceiling's runs have no transport pair; the report sets them apart (see Ceiling).
+        foreach (var group in runs.Where(r => r.Transport != Ceiling.Transport).GroupBy(r => r.Scenario))
         {
             // A run that never started has no unit; the scenario's unit comes from the runs that did.
             string unit = group.Select(r => r.Unit).FirstOrDefault(u => u.Length > 0) ?? "";
