@@ -23,16 +23,20 @@ internal sealed class ProactorCopyingInputReader : PipeReader
     /// <summary>True once the application has called ReadAsync or TryRead.</summary>
     public bool ReadStarted => Volatile.Read(ref _readStarted) != 0;
 
+    // The read is issued before the hold ends: the first result holds what arrived before it, not what a resumed
+    // receive adds while this thread is between the two calls.
     public override ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
     {
+        ValueTask<ReadResult> read = _inner.ReadAsync(cancellationToken);
         SignalFirstRead();
-        return _inner.ReadAsync(cancellationToken);
+        return read;
     }
 
     public override bool TryRead(out ReadResult result)
     {
+        bool read = _inner.TryRead(out result);
         SignalFirstRead();
-        return _inner.TryRead(out result);
+        return read;
     }
 
     public override void AdvanceTo(SequencePosition consumed) => _inner.AdvanceTo(consumed);
