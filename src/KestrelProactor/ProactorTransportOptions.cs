@@ -126,6 +126,17 @@ public sealed class ProactorTransportOptions
     public TimeSpan SubmissionQueuePollingIdle { get; set; } = TimeSpan.FromMilliseconds(10);
 
     /// <summary>
+    /// Pins each io_uring dispatcher thread to one CPU: dispatcher n to the n-th CPU the process may use (wrapping
+    /// round when there are more dispatchers than CPUs). A ring's completions and the kernel's socket work done on
+    /// its thread then stay on one core's caches; the application's threads and a submission-polling thread are
+    /// not pinned. Pays where the dispatchers own their cores; where the application's threads compete for the same
+    /// cores, a pinned dispatcher cannot move away from a busy one. A CPU the kernel refuses leaves that thread
+    /// unpinned, with a warning. io_uring only.
+    /// </summary>
+    /// <remarks>Defaults to <c>false</c>.</remarks>
+    public bool DispatcherAffinity { get; set; }
+
+    /// <summary>
     /// Disables multishot accept and multishot receive even where the kernel has them (single-shot operations
     /// are re-armed after each completion instead). For testing the older-kernel tier.
     /// </summary>

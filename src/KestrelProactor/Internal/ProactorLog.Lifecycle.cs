@@ -16,4 +16,10 @@ internal static partial class ProactorLog
 
     [LoggerMessage(43, LogLevel.Error, "The dispatcher that accepted on {EndPoint} failed and no other can take the endpoint over; it is closed.", EventName = "ListenerClosedAfterFailure")]
     public static partial void ListenerClosedAfterFailure(ILogger logger, string endPoint);
+
+    [LoggerMessage(44, LogLevel.Debug, "Dispatcher {DispatcherId} is pinned to CPU {Cpu}.", EventName = "DispatcherPinned")]
+    public static partial void DispatcherPinned(ILogger logger, int dispatcherId, int cpu);
+
+    [LoggerMessage(45, LogLevel.Warning, "Dispatcher {DispatcherId} could not be pinned to CPU {Cpu} ({Error}); it runs on any CPU the process may use.", EventName = "DispatcherAffinityFailed")]
+    public static partial void DispatcherAffinityFailed(ILogger logger, int dispatcherId, int cpu, string error);
 }

@@ -10,6 +10,7 @@ internal sealed unsafe partial class IoUringDispatcher
 {
     protected override void Initialize()
     {
+        ApplyAffinity();
         ProactorTransportOptions options = Options;
         uint sqEntries = (uint)options.SubmissionQueueSize;
         uint cqEntries = options.CompletionQueueSize != 0 ? (uint)options.CompletionQueueSize : Math.Max(sqEntries * 16, 4096);

@@ -64,6 +64,7 @@ public sealed class ConfigurationBindingTests
             "--Kestrel:Proactor:OutputCoalescingDelay=00:00:00.0002",
             "--Kestrel:Proactor:SubmissionQueuePolling=true",
             "--Kestrel:Proactor:SubmissionQueuePollingIdle=00:00:00.005",
+            "--Kestrel:Proactor:DispatcherAffinity=true",
             "--Kestrel:Proactor:AllowSocketTransportFallback=false");
         builder.WebHost.UseProactorTransport(builder.Configuration.GetSection(ProactorTransportOptions.ConfigurationSectionName));
         await using WebApplication app = builder.Build();
@@ -81,6 +82,7 @@ public sealed class ConfigurationBindingTests
         Assert.Equal(TimeSpan.FromMicroseconds(200), options.OutputCoalescingDelay);
         Assert.True(options.SubmissionQueuePolling);
         Assert.Equal(TimeSpan.FromMilliseconds(5), options.SubmissionQueuePollingIdle);
+        Assert.True(options.DispatcherAffinity);
         Assert.False(options.AllowSocketTransportFallback);
         Assert.Equal(OperatingSystem.IsLinux() ? "io_uring" : "sockets", backend);
     }
