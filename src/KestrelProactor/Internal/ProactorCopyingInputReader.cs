@@ -20,6 +20,9 @@ internal sealed class ProactorCopyingInputReader : PipeReader
         _connection = connection;
     }
 
+    /// <summary>Tests only: runs on the reading thread once the first read has ended the hold (to widen that window).</summary>
+    internal static Action<ProactorConnection>? TestFirstReadHook { get; set; }
+
     /// <summary>True once the application has called ReadAsync or TryRead.</summary>
     public bool ReadStarted => Volatile.Read(ref _readStarted) != 0;
 
@@ -56,6 +59,7 @@ internal sealed class ProactorCopyingInputReader : PipeReader
         if (Volatile.Read(ref _readStarted) == 0 && Interlocked.Exchange(ref _readStarted, 1) == 0)
         {
             _connection.OnApplicationFirstRead();
+            TestFirstReadHook?.Invoke(_connection);
         }
     }
 }

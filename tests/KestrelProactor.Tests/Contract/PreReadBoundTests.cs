@@ -37,8 +37,26 @@ public sealed class PreReadBoundTests
         // Act: the client sends 4 MiB; nothing reads until the input paused.
         Task send = RawClient.SendAllAsync(client, upload);
         await Eventually.TrueAsync(() => logs.Entries.Any(e => e.EventId.Name == "ConnectionPause"), "the input to pause before the first read");
-        // The first read shows what arrived before it (the resume it causes runs later, on the dispatcher).
-        ReadResult first = await connection.Transport.Input.ReadAsync().AsTask().DefaultTimeout();
+        // The first read shows what arrived before it: the resume it causes may run at once, on the dispatcher, but
+        // not into this result. The copying input's hook holds the reading thread where the resume was scheduled,
+        // so a read that took its result only after that would see the resumed receives' bytes.
+        ReadResult first;
+        ProactorCopyingInputReader.TestFirstReadHook = c =>
+        {
+            if (ReferenceEquals(c, connection))
+            {
+                Thread.Sleep(300);
+            }
+        };
+        try
+        {
+            first = await connection.Transport.Input.ReadAsync().AsTask().DefaultTimeout();
+        }
+        finally
+        {
+            ProactorCopyingInputReader.TestFirstReadHook = null;
+        }
+
         long heldBeforeRead = first.Buffer.Length;
         byte[] received = await ReadAllAsync(connection.Transport.Input, first, Upload);
         await send.DefaultTimeout();
