@@ -21,6 +21,9 @@ internal sealed class StressHostProcess : IAsyncDisposable
 
     public int ProcessId => _process.Id;
 
+    /// <summary>Whether the host process has ended, and its exit code if so (for failure messages).</summary>
+    public string State => _process.HasExited ? $"exited with {_process.ExitCode}" : "running";
+
     public string Output
     {
         get
