@@ -55,7 +55,9 @@ internal sealed unsafe partial class IoUringDispatcher
                 _bufferRing.Publish();
             }
 
-            bool waiting = !cancelAnswered || Table.InFlight != 0;
+            // A zero-copy send's notification is waited for too: a peer that acknowledges within the time lets its
+            // memory go back to the pool instead of being kept for good at the teardown.
+            bool waiting = !cancelAnswered || Table.InFlight != 0 || ZeroCopySendsAwaitingNotification != 0;
             const long SliceNanoseconds = 10_000_000;
             ThrowIfEnterFailed(ring.SubmitAndWait(waiting && ring.ReadyCompletions == 0 ? 1u : 0u, SliceNanoseconds));
             while (ring.TryPeekCompletion(0, out io_uring_cqe cqe))
@@ -64,7 +66,7 @@ internal sealed unsafe partial class IoUringDispatcher
                 HandleQuiesceCompletion(cqe, ref cancelAnswered);
             }
 
-            bool settled = cancelAnswered && Table.InFlight == 0 && ring.PendingSubmissions == 0;
+            bool settled = cancelAnswered && Table.InFlight == 0 && ZeroCopySendsAwaitingNotification == 0 && ring.PendingSubmissions == 0;
             if (settled || Environment.TickCount64 > deadline)
             {
                 return;
