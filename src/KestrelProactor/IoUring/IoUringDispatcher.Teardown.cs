@@ -8,8 +8,9 @@ namespace KestrelProactor.IoUring;
 /// What the ring does between the end of its loop and its close. A healthy ring (a stop, or a stop whose deadline
 /// passed) first hands the kernel what is still queued, asks it to cancel everything, and runs the completions that
 /// follow for a bounded time, so queued closes reach the kernel and what the table still counts afterwards is truly
-/// maybe-live. A failed ring is not entered again: the closes it had queued are done here, and descriptors that
-/// completed accepts installed are closed from the mapped completion queue.
+/// maybe-live. A failed ring is given nothing more to do: the closes it had queued are done here, and descriptors
+/// that completed accepts installed are closed from the mapped completion queue and from the completions the kernel
+/// held back while it was full (posted by enters that submit nothing and wait for nothing).
 /// </summary>
 internal sealed unsafe partial class IoUringDispatcher
 {
@@ -133,16 +134,29 @@ internal sealed unsafe partial class IoUringDispatcher
         }
 
         // Completed accepts nobody will read: each installed a descriptor that would otherwise stay open for the
-        // life of the process. Other completions are left counted: their owners are released as maybe-live.
-        while (ring.TryPeekCompletion(0, out io_uring_cqe cqe))
+        // life of the process. Other completions are left counted: their owners are released as maybe-live. Those
+        // the kernel held back while the CQ was full are posted by an enter that submits nothing and waits for
+        // nothing, as many as fit each time, and read the same way.
+        for (int round = 0; ; round++)
         {
-            ring.AdvanceCompletions(1);
-            if (cqe.user_data != QuiesceCancelUserData && OperationToken.KindOf(cqe.user_data) == OperationKind.Accept && cqe.res >= 0)
+            while (ring.TryPeekCompletion(0, out io_uring_cqe cqe))
             {
-                Sys.close(cqe.res);
+                ring.AdvanceCompletions(1);
+                if (cqe.user_data != QuiesceCancelUserData && OperationToken.KindOf(cqe.user_data) == OperationKind.Accept && cqe.res >= 0)
+                {
+                    Sys.close(cqe.res);
+                }
+            }
+
+            if (!ring.HasOverflowBacklog || round == MaxBacklogFlushes || ring.FlushCompletionBacklog() < 0)
+            {
+                return;
             }
         }
     }
+
+    /// <summary>Bounds the reading of a failed ring's held-back completions (each flush posts up to a CQ's worth).</summary>
+    private const int MaxBacklogFlushes = 4096;
 
     private static void ThrowIfEnterFailed(int result)
     {
