@@ -14,8 +14,12 @@ namespace KestrelProactor.IoUring;
 /// </summary>
 internal sealed unsafe partial class IoUringDispatcher
 {
-    /// <summary>The user data of the cancel-everything request: no owner, and a kind no operation has.</summary>
-    private const ulong QuiesceCancelUserData = ulong.MaxValue;
+    /// <summary>
+    /// The user data of the cancel-everything request. No operation token has it (a token's byte above its kind is
+    /// always 0, and 0xFF is no kind), nor a zero-copy send (its top bit is clear), nor an abandoned SQE
+    /// (<see cref="AbandonedUserData"/>, whose completion was taken for the cancel's answer when both were all ones).
+    /// </summary>
+    internal const ulong QuiesceCancelUserData = ulong.MaxValue >> 1;
 
     /// <summary>Cancelled requests the ring had when it ended (for tests and logs).</summary>
     internal long QuiesceCancelled { get; private set; }
