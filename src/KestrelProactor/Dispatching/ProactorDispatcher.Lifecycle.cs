@@ -132,6 +132,18 @@ internal abstract partial class ProactorDispatcher
         await _stopped.Task.ConfigureAwait(false);
     }
 
+    /// <summary>Gives back the pool holds of dispatchers built but never started (a backend whose start failed).</summary>
+    internal static void ReleaseUnstarted(ReadOnlySpan<ProactorDispatcher> dispatchers)
+    {
+        foreach (ProactorDispatcher dispatcher in dispatchers)
+        {
+            if (dispatcher._thread is null)
+            {
+                dispatcher.ReleaseOwnLease();
+            }
+        }
+    }
+
     private void ThreadMain()
     {
         try

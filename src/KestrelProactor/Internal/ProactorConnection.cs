@@ -68,6 +68,10 @@ internal sealed partial class ProactorConnection : ConnectionContext,
         // The pipes the kernel reads and writes take their blocks through a quarantine (see OnDispatcherFailed).
         // Output blocks go through the backend's output pool (zero-copy sends hold theirs until the kernel's notification).
         _kernelMemory = new ProactorQuarantinePool(leased ? dispatcher.OutputMemoryPool : pool);
+        // The quarantine reports no block limit (it serves larger requests itself): the pipes' smallest segment stays
+        // within a block of a pool with blocks under the pipes' usual 4 KiB, as it was when the pipe saw the pool's.
+        int blockSize = _kernelMemory.BlockSize;
+        int minimumSegmentSize = blockSize > 0 ? Math.Min(4096, blockSize) : -1;
 
         // Input: the dispatcher writes, the application reads; its reads resume on the pool, or inline on the
         // dispatcher if asked. Where the backend lends its receive buffers, the application reads the very
@@ -82,7 +86,7 @@ internal sealed partial class ProactorConnection : ConnectionContext,
         else
         {
             // The writer resumes (after back-pressure) on the dispatcher.
-            var input = new Pipe(new PipeOptions(_kernelMemory, applicationScheduler, dispatcher, maxRead, maxRead / 2, useSynchronizationContext: false));
+            var input = new Pipe(new PipeOptions(_kernelMemory, applicationScheduler, dispatcher, maxRead, maxRead / 2, minimumSegmentSize, useSynchronizationContext: false));
             Input = input.Writer;
             _copyingReader = new ProactorCopyingInputReader(input.Reader, this);
             inputReader = _copyingReader;
@@ -90,7 +94,7 @@ internal sealed partial class ProactorConnection : ConnectionContext,
 
         // Output: the application writes, the dispatcher reads and sends. A flush on any thread becomes a
         // work item on the dispatcher, so the send it causes is batched with the rest of that pass.
-        var output = new Pipe(new PipeOptions(_kernelMemory, dispatcher, applicationScheduler, maxWrite, maxWrite / 2, useSynchronizationContext: false));
+        var output = new Pipe(new PipeOptions(_kernelMemory, dispatcher, applicationScheduler, maxWrite, maxWrite / 2, minimumSegmentSize, useSynchronizationContext: false));
 
         Output = output.Reader;
         // Streaming sends are gathered up to half the pause threshold (at most 256 KiB), so the application rarely meets it.

@@ -15,7 +15,15 @@ internal sealed class ProactorQuarantinePool(MemoryPool<byte> pool) : MemoryPool
     private volatile bool _quarantined;
     private List<IMemoryOwner<byte>>? _kept;
 
-    public override int MaxBufferSize => pool.MaxBufferSize;
+    /// <summary>
+    /// No limit: a pipe asked for more than the pool's block size would otherwise take the memory from the shared
+    /// array pool itself, past this quarantine. Such requests are served from that pool here instead, and kept like
+    /// any block once quarantined.
+    /// </summary>
+    public override int MaxBufferSize => int.MaxValue;
+
+    /// <summary>The block size of the pool underneath (its <see cref="MemoryPool{T}.MaxBufferSize"/>).</summary>
+    public int BlockSize => pool.MaxBufferSize;
 
     /// <summary>Blocks kept since <see cref="Quarantine"/> (for tests).</summary>
     public int KeptCount
@@ -29,7 +37,8 @@ internal sealed class ProactorQuarantinePool(MemoryPool<byte> pool) : MemoryPool
         }
     }
 
-    public override IMemoryOwner<byte> Rent(int minBufferSize = -1) => new Block(this, pool.Rent(minBufferSize));
+    public override IMemoryOwner<byte> Rent(int minBufferSize = -1)
+        => new Block(this, pool.MaxBufferSize < 0 || minBufferSize <= pool.MaxBufferSize ? pool.Rent(minBufferSize) : new SharedArray(minBufferSize));
 
     /// <summary>From now on no block goes back to the pool. A block the kernel may use is only returned when its
     /// pipe completes, which comes after this, on the same thread.</summary>
@@ -53,6 +62,22 @@ internal sealed class ProactorQuarantinePool(MemoryPool<byte> pool) : MemoryPool
         }
 
         owner.Dispose();
+    }
+
+    /// <summary>Memory larger than the pool's blocks, from the shared array pool, as the pipe would have taken it.</summary>
+    private sealed class SharedArray(int minimumLength) : IMemoryOwner<byte>
+    {
+        private byte[]? _array = ArrayPool<byte>.Shared.Rent(minimumLength);
+
+        public Memory<byte> Memory => _array ?? throw new ObjectDisposedException(nameof(SharedArray));
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _array, null) is { } array)
+            {
+                ArrayPool<byte>.Shared.Return(array);
+            }
+        }
     }
 
     private sealed class Block(ProactorQuarantinePool pool, IMemoryOwner<byte> owner) : IMemoryOwner<byte>

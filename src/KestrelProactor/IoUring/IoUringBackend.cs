@@ -32,7 +32,17 @@ internal sealed class IoUringBackend : ProactorBackend
         {
             for (int i = 0; i < count; i++)
             {
-                dispatchers[i] = new IoUringDispatcher(i, context);
+                try
+                {
+                    dispatchers[i] = new IoUringDispatcher(i, context);
+                }
+                catch
+                {
+                    // A dispatcher holds its pool from its construction (the memory-pool factory may be what threw):
+                    // those built so far, never started, give theirs back.
+                    ProactorDispatcher.ReleaseUnstarted(dispatchers.AsSpan(0, i));
+                    throw;
+                }
             }
 
             var tasks = dispatchers.Select(d => d.StartAsync()).ToArray();

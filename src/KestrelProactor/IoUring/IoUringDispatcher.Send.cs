@@ -45,6 +45,9 @@ internal sealed unsafe partial class IoUringDispatcher
     /// <summary>Bytes of pool memory those sends hold (read racily by tests).</summary>
     public long ZeroCopyBytesAwaitingNotification { get; private set; }
 
+    /// <summary>Zero-copy sends still awaiting their notification when the ring closed, kept for good (for tests).</summary>
+    public int ZeroCopySendsKeptAtTeardown { get; private set; }
+
     /// <summary>Zero-copy sends the socket refused and that were sent again, copied (for tests).</summary>
     public long ZeroCopyFallbacks { get; private set; }
 

@@ -218,5 +218,33 @@ internal sealed unsafe partial class IoUringDispatcher
         {
             block.Dispose();
         }
+
+        KeepSendsAwaitingNotification();
+    }
+
+    /// <summary>
+    /// A zero-copy send whose result arrived and whose notification has not belongs to no connection any more, only to
+    /// this dispatcher's list of blocks; its pages sit in a socket's queue, which outlives the ring, until the peer
+    /// acknowledges them or the socket is freed. Its block (with its pins and its holds on the pool blocks) is rooted
+    /// for good, so neither the pool nor the collector reuses memory the kernel still sends from.
+    /// </summary>
+    private void KeepSendsAwaitingNotification()
+    {
+        if (ZeroCopySendsAwaitingNotification == 0)
+        {
+            return;
+        }
+
+        var kept = new List<IoUringSendBlock>(ZeroCopySendsAwaitingNotification);
+        foreach (IoUringSendBlock block in _allSendBlocks)
+        {
+            if (block.ResultArrived && !block.NotificationArrived)
+            {
+                kept.Add(block);
+            }
+        }
+
+        ZeroCopySendsKeptAtTeardown = kept.Count;
+        KeepForKernel(kept, $"{kept.Count} zero-copy send(s) awaiting notification ({ZeroCopyBytesAwaitingNotification} bytes)");
     }
 }

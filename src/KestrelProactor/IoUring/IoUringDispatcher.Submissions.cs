@@ -166,10 +166,26 @@ internal sealed unsafe partial class IoUringDispatcher
 
     public override void ConfigureAcceptedSocket(SafeHandle socket, bool noDelay)
     {
-        if (noDelay)
+        if (!noDelay)
         {
+            return;
+        }
+
+        // The number is used only while the handle is held: a closed handle throws here instead of having its
+        // number, which another descriptor of the process may have taken, configured.
+        bool added = false;
+        try
+        {
+            socket.DangerousAddRef(ref added);
             int one = 1;
             Sys.setsockopt(FdOf(socket), Sys.IPPROTO_TCP, Sys.TCP_NODELAY, &one, sizeof(int));
+        }
+        finally
+        {
+            if (added)
+            {
+                socket.DangerousRelease();
+            }
         }
     }
 

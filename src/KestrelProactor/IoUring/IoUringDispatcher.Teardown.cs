@@ -8,13 +8,18 @@ namespace KestrelProactor.IoUring;
 /// What the ring does between the end of its loop and its close. A healthy ring (a stop, or a stop whose deadline
 /// passed) first hands the kernel what is still queued, asks it to cancel everything, and runs the completions that
 /// follow for a bounded time, so queued closes reach the kernel and what the table still counts afterwards is truly
-/// maybe-live. A failed ring is not entered again: the closes it had queued are done here, and descriptors that
-/// completed accepts installed are closed from the mapped completion queue.
+/// maybe-live. A failed ring is given nothing more to do: the closes it had queued are done here, and descriptors
+/// that completed accepts installed are closed from the mapped completion queue and from the completions the kernel
+/// held back while it was full (posted by enters that submit nothing and wait for nothing).
 /// </summary>
 internal sealed unsafe partial class IoUringDispatcher
 {
-    /// <summary>The user data of the cancel-everything request: no owner, and a kind no operation has.</summary>
-    private const ulong QuiesceCancelUserData = ulong.MaxValue;
+    /// <summary>
+    /// The user data of the cancel-everything request. No operation token has it (a token's byte above its kind is
+    /// always 0, and 0xFF is no kind), nor a zero-copy send (its top bit is clear), nor an abandoned SQE
+    /// (<see cref="AbandonedUserData"/>, whose completion was taken for the cancel's answer when both were all ones).
+    /// </summary>
+    internal const ulong QuiesceCancelUserData = ulong.MaxValue >> 1;
 
     /// <summary>Cancelled requests the ring had when it ended (for tests and logs).</summary>
     internal long QuiesceCancelled { get; private set; }
@@ -55,7 +60,9 @@ internal sealed unsafe partial class IoUringDispatcher
                 _bufferRing.Publish();
             }
 
-            bool waiting = !cancelAnswered || Table.InFlight != 0;
+            // A zero-copy send's notification is waited for too: a peer that acknowledges within the time lets its
+            // memory go back to the pool instead of being kept for good at the teardown.
+            bool waiting = !cancelAnswered || Table.InFlight != 0 || ZeroCopySendsAwaitingNotification != 0;
             const long SliceNanoseconds = 10_000_000;
             ThrowIfEnterFailed(ring.SubmitAndWait(waiting && ring.ReadyCompletions == 0 ? 1u : 0u, SliceNanoseconds));
             while (ring.TryPeekCompletion(0, out io_uring_cqe cqe))
@@ -64,7 +71,7 @@ internal sealed unsafe partial class IoUringDispatcher
                 HandleQuiesceCompletion(cqe, ref cancelAnswered);
             }
 
-            bool settled = cancelAnswered && Table.InFlight == 0 && ring.PendingSubmissions == 0;
+            bool settled = cancelAnswered && Table.InFlight == 0 && ZeroCopySendsAwaitingNotification == 0 && ring.PendingSubmissions == 0;
             if (settled || Environment.TickCount64 > deadline)
             {
                 return;
@@ -131,16 +138,29 @@ internal sealed unsafe partial class IoUringDispatcher
         }
 
         // Completed accepts nobody will read: each installed a descriptor that would otherwise stay open for the
-        // life of the process. Other completions are left counted: their owners are released as maybe-live.
-        while (ring.TryPeekCompletion(0, out io_uring_cqe cqe))
+        // life of the process. Other completions are left counted: their owners are released as maybe-live. Those
+        // the kernel held back while the CQ was full are posted by an enter that submits nothing and waits for
+        // nothing, as many as fit each time, and read the same way.
+        for (int round = 0; ; round++)
         {
-            ring.AdvanceCompletions(1);
-            if (cqe.user_data != QuiesceCancelUserData && OperationToken.KindOf(cqe.user_data) == OperationKind.Accept && cqe.res >= 0)
+            while (ring.TryPeekCompletion(0, out io_uring_cqe cqe))
             {
-                Sys.close(cqe.res);
+                ring.AdvanceCompletions(1);
+                if (cqe.user_data != QuiesceCancelUserData && OperationToken.KindOf(cqe.user_data) == OperationKind.Accept && cqe.res >= 0)
+                {
+                    Sys.close(cqe.res);
+                }
+            }
+
+            if (!ring.HasOverflowBacklog || round == MaxBacklogFlushes || ring.FlushCompletionBacklog() < 0)
+            {
+                return;
             }
         }
     }
+
+    /// <summary>Bounds the reading of a failed ring's held-back completions (each flush posts up to a CQ's worth).</summary>
+    private const int MaxBacklogFlushes = 4096;
 
     private static void ThrowIfEnterFailed(int result)
     {

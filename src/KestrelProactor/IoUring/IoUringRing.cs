@@ -326,6 +326,29 @@ internal sealed unsafe partial class IoUringRing : IDisposable
     }
 
     /// <summary>
+    /// An enter that submits nothing and waits for nothing: the kernel posts the completions it held back while the CQ
+    /// was full, as many as now fit. Nothing is published first, so no SQE filled since the last enter reaches the
+    /// kernel. For the end of a failed loop. Returns what the enter returned, or -errno.
+    /// </summary>
+    public int FlushCompletionBacklog()
+    {
+        while (true)
+        {
+            int result = Enter(_enterFd, 0, 0, _enterFlags | IORING_ENTER_GETEVENTS);
+            if (result >= 0)
+            {
+                return result;
+            }
+
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno != Errno.EINTR)
+            {
+                return -errno;
+            }
+        }
+    }
+
+    /// <summary>
     /// The SQEs filled that the kernel can no longer take once this thread stops entering the ring: every one past
     /// the kernel's head, or with a polling thread (which takes what is published at any time) only those not yet
     /// published. For the end of a failed loop, which never enters again.

@@ -131,6 +131,25 @@ internal sealed unsafe partial class IocpDispatcher
 
     public override void ConfigureAcceptedSocket(SafeHandle socket, bool noDelay)
     {
+        // The handle is held while its value is used: a closed one throws instead of having its value, which
+        // another handle of the process may have taken, configured.
+        bool added = false;
+        try
+        {
+            socket.DangerousAddRef(ref added);
+            ConfigureHeldSocket(socket, noDelay);
+        }
+        finally
+        {
+            if (added)
+            {
+                socket.DangerousRelease();
+            }
+        }
+    }
+
+    private void ConfigureHeldSocket(SafeHandle socket, bool noDelay)
+    {
         // Runs on the accept dispatcher's thread for a connection of this dispatcher: only thread-safe calls here.
         nint handle = HandleOf(socket);
         if (Kernel32.CreateIoCompletionPort(handle, _portHandle, IoKey, 0) == 0)

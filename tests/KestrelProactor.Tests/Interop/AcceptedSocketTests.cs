@@ -43,4 +43,20 @@ public sealed class AcceptedSocketTests
             Directory.Delete(directory, recursive: true);
         }
     }
+
+    [Fact]
+    public async Task ConfiguringAClosedHandle_Throws_RatherThanUsingItsStaleDescriptorNumber()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor);
+        var dispatcher = ((ProactorTransportFactory)harness.Factory).Backend!.Dispatchers[0];
+        var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        System.Runtime.InteropServices.SafeHandle handle = socket.SafeHandle;
+        socket.Dispose();
+
+        // Act and assert: the handle is held while its number is used, so a closed one is refused; its number may
+        // already name another descriptor of the process, whose options would change instead.
+        Assert.True(handle.IsClosed);
+        Assert.Throws<ObjectDisposedException>(() => dispatcher.ConfigureAcceptedSocket(handle, noDelay: true));
+    }
 }
