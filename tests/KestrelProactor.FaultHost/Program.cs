@@ -36,6 +36,7 @@ for (int i = 0; i < args.Length; i++)
         case "--sessions" when i + 1 < args.Length: sessions = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
         case "--verbose": verbose = true; break;
         case "--no-kill": kills = false; break;
+        case "--kinds" when i + 1 < args.Length: Runner.Kinds = args[++i].Split(',').Select(k => int.Parse(k, CultureInfo.InvariantCulture)).ToArray(); break;
         case "--only" when i + 1 < args.Length: only = [.. args[++i].Split(',')]; break;
         default:
             Console.Error.WriteLine($"unknown argument: {args[i]}");
@@ -66,10 +67,17 @@ internal static class Runner
 {
     private static readonly TimeSpan ShutdownTimeout = TimeSpan.FromSeconds(5);
 
+    /// <summary>Only these session kinds (see Workload), for narrowing a failure down; null: all.</summary>
+    public static int[]? Kinds { get; set; }
+
     public static async Task<(bool Ok, long Faults)> RunAsync(int seed, double rate, int workers, int sessions, bool verbose, bool warmUp, bool kills, HashSet<string>? only)
     {
         var problems = new List<string>();
-        var plan = new IoUringFaultPlan(seed, rate) { AllowKill = kills, Only = only };
+        var plan = new IoUringFaultPlan(seed, rate) {
+            AllowKill = kills,
+            Only = only,
+            Trace = Environment.GetEnvironmentVariable("FAULTHOST_TRACE_KILL") == "1" ? Console.WriteLine : null,
+        };
         var pool = new TrackingPool();
         var counters = new ServerCounters();
         // The seed also picks the transport's tier: the full ring tier, single-shot operations, the basic tier (no
@@ -78,6 +86,7 @@ internal static class Runner
         string presetName = preset switch { 0 => "default", 1 => "singleshot", 2 => "basic", _ => "small-queues" };
         var stopwatch = Stopwatch.StartNew();
         int fdsBefore = Descriptors.Count();
+        HashSet<string> fdTargetsBefore = Descriptors.Targets();
         WebApplication app = Server.Build(2, o =>
         {
             o.MemoryPoolFactory = () => pool;
@@ -103,7 +112,7 @@ internal static class Runner
         var factory = app.Services.GetServices<IConnectionListenerFactory>().OfType<ProactorTransportFactory>().Single();
         ProactorDispatcher[] dispatchers = factory.Backend!.Dispatchers;
         int[] ports = app.Urls.Select(u => new Uri(u).Port).ToArray();
-        var workload = new Workload(seed, ports[0], ports[1]);
+        var workload = new Workload(seed, ports[0], ports[1], warmUp ? null : Kinds);
         List<Outcome> outcomes = await workload.RunAsync(warmUp ? 2 : workers, warmUp ? 9 : sessions);
 
         // Session verdicts: wrong bytes never pass; an error passes only on a connection a fault touched (or that
@@ -143,6 +152,14 @@ internal static class Runner
         {
             problems.Add("not quiet after the workload: " + string.Join("; ", dispatchers.Select(d =>
                 $"#{d.Id} ended={d.HasEnded} owners={d.ConnectionCount} inFlight={d.InFlightOperations} lent={d.ReceiveBuffersLent}")));
+        }
+
+        if (Environment.GetEnvironmentVariable("FAULTHOST_TRACE_OWNERS") == "1" && !quiet)
+        {
+            foreach (ProactorDispatcher d in dispatchers.OfType<KestrelProactor.IoUring.IoUringDispatcher>())
+            {
+                problems.Add(((KestrelProactor.IoUring.IoUringDispatcher)d).DescribeReceiveState());
+            }
         }
 
         var stop = Stopwatch.StartNew();
@@ -186,12 +203,14 @@ internal static class Runner
         if (!await Eventually(() => pool.Outstanding == 0, TimeSpan.FromSeconds(5)))
         {
             problems.Add($"{pool.Outstanding} pool block(s) never returned");
+            problems.AddRange(pool.OutstandingStacks());
         }
 
         problems.AddRange(pool.Errors());
         if (!warmUp && !await Eventually(() => Descriptors.Count() <= fdsBefore, TimeSpan.FromSeconds(5)))
         {
-            problems.Add($"descriptors: {Descriptors.Count()} open after the run, {fdsBefore} before");
+            problems.Add($"descriptors: {Descriptors.Count()} open after the run, {fdsBefore} before; new: " +
+                         string.Join(' ', Descriptors.Targets().Except(fdTargetsBefore).Take(12)));
         }
 
         if (warmUp)
@@ -264,5 +283,27 @@ internal static class Runner
 
 internal static class Descriptors
 {
-    public static int Count() => Directory.GetFiles("/proc/self/fd").Length;
+    /// <summary>Sockets, rings and event descriptors (files the runtime maps lazily, assemblies, are left out).</summary>
+    public static int Count() => Targets().Count;
+
+    public static HashSet<string> Targets()
+    {
+        var targets = new HashSet<string>();
+        foreach (string fd in Directory.GetFiles("/proc/self/fd"))
+        {
+            try
+            {
+                string? target = new FileInfo(fd).LinkTarget;
+                if (target is not null && (target.StartsWith("socket:", StringComparison.Ordinal) || target.StartsWith("anon_inode:", StringComparison.Ordinal)))
+                {
+                    targets.Add(Path.GetFileName(fd) + "->" + target);
+                }
+            }
+            catch (IOException)
+            {
+            }
+        }
+
+        return targets;
+    }
 }

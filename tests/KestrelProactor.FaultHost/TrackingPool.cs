@@ -16,6 +16,12 @@ internal sealed class TrackingPool : MemoryPool<byte>
     private int _doubleReturns;
     private int _disposed;
     private int _rentedAfterDispose;
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<byte[], string>? _rentStacks =
+        Environment.GetEnvironmentVariable("FAULTHOST_TRACE_POOL") == "1" ? new(ReferenceEqualityComparer.Instance) : null;
+
+    /// <summary>With FAULTHOST_TRACE_POOL=1: where the blocks still out were rented, most frequent first.</summary>
+    public IEnumerable<string> OutstandingStacks()
+        => _rentStacks is null ? [] : _rentStacks.Values.GroupBy(v => v).OrderByDescending(g => g.Count()).Take(3).Select(g => $"{g.Count()} x {g.Key}");
 
     public override int MaxBufferSize => BlockSize;
 
@@ -29,7 +35,9 @@ internal sealed class TrackingPool : MemoryPool<byte>
         }
 
         Interlocked.Increment(ref _outstanding);
-        return new Block(this, GC.AllocateArray<byte>(Math.Max(minBufferSize, BlockSize), pinned: true));
+        byte[] array = GC.AllocateArray<byte>(Math.Max(minBufferSize, BlockSize), pinned: true);
+        _rentStacks?.TryAdd(array, new System.Diagnostics.StackTrace(1, false).ToString());
+        return new Block(this, array);
     }
 
     public List<string> Errors()
@@ -61,6 +69,7 @@ internal sealed class TrackingPool : MemoryPool<byte>
 
     private void Return(byte[] array)
     {
+        _rentStacks?.TryRemove(array, out _);
         array.AsSpan().Fill(Poison);
         lock (_gate)
         {

@@ -44,7 +44,7 @@ internal sealed record Outcome(Session Session, Exception? Error, bool ErrorExpe
 /// uploads and downloads with every byte checked, echoes, aborts by the client (a reset) and by the server, HTTP/2
 /// streams, and WebSocket echoes.
 /// </summary>
-internal sealed class Workload(int seed, int http1Port, int http2Port)
+internal sealed class Workload(int seed, int http1Port, int http2Port, int[]? kinds = null)
 {
     private static readonly TimeSpan SessionTimeout = TimeSpan.FromSeconds(20);
     private readonly List<Outcome> _outcomes = [];
@@ -74,6 +74,11 @@ internal sealed class Workload(int seed, int http1Port, int http2Port)
     private async Task RunSessionAsync(Random random)
     {
         int which = random.Next(0, 9);
+        if (kinds is not null)
+        {
+            which = kinds[which % kinds.Length];
+        }
+
         string[] names = ["keep-alive", "churn", "echo", "upload", "download", "client-abort", "server-abort", "http2", "websocket"];
         var session = new Session(names[which]);
         using var timeout = new CancellationTokenSource(SessionTimeout);
@@ -126,7 +131,7 @@ internal sealed class Workload(int seed, int http1Port, int http2Port)
         catch (Exception ex)
         {
             error = timeout.IsCancellationRequested && ex is OperationCanceledException
-                ? new TimeoutException($"session {session.Name} did not end within {SessionTimeout.TotalSeconds}s", ex)
+                ? new TimeoutException($"session {session.Name} did not end within {SessionTimeout.TotalSeconds}s; sockets: {TcpTable.Describe(session.Ports)}", ex)
                 : ex;
         }
 
@@ -376,4 +381,28 @@ internal sealed class Workload(int seed, int http1Port, int http2Port)
     }
 
     private sealed class StopReading : Exception;
+}
+
+/// <summary>The kernel's view of loopback connections (/proc/net/tcp), for the message of a session that hung.</summary>
+internal static class TcpTable
+{
+    public static string Describe(IEnumerable<int> ports)
+    {
+        var lines = File.ReadAllLines("/proc/net/tcp").Skip(1).Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries)).ToArray();
+        var found = new List<string>();
+        foreach (int port in ports)
+        {
+            string hex = ":" + port.ToString("X4", CultureInfo.InvariantCulture);
+            foreach (string[] f in lines)
+            {
+                if (f[1].EndsWith(hex, StringComparison.Ordinal) || f[2].EndsWith(hex, StringComparison.Ordinal))
+                {
+                    // local remote state tx:rx inode
+                    found.Add($"[{f[1]} {f[2]} st={f[3]} q={f[4]} inode={f[9]}]");
+                }
+            }
+        }
+
+        return string.Join(" ", found);
+    }
 }

@@ -61,6 +61,7 @@ internal sealed unsafe partial class IoUringDispatcher
             if (owner is ProactorConnection connection)
             {
                 faults.Plan.Touch(PortOf(connection), "killed dispatcher");
+                faults.Plan.Trace?.Invoke($"kill #{Id}: port {PortOf(connection)} inFlight={Table.InFlightOf(connection)} {connection.DescribeForTests()}");
             }
         }
 

@@ -140,6 +140,9 @@ internal sealed unsafe partial class IoUringDispatcher
                 Sys.close(cqe.res);
             }
         }
+
+        // Then nothing may stay armed in the kernel (IoUringDispatcher.FailureCancel.cs).
+        CancelEverythingAfterFailure(ring);
     }
 
     private static void ThrowIfEnterFailed(int result)

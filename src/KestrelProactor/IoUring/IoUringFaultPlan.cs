@@ -57,6 +57,9 @@ internal sealed class IoUringFaultPlan
     /// <summary>Whether the plan injects faults of <paramref name="family"/>.</summary>
     public bool Allows(string family) => Only is null || Only.Contains(family);
 
+    /// <summary>Where a plan reports what a kill found (for narrowing a failure down); null: nowhere.</summary>
+    public Action<string>? Trace { get; init; }
+
     /// <summary>Faults injected so far, of every kind.</summary>
     public long Injected => _counts.Values.Sum();
 
