@@ -8,6 +8,9 @@ namespace KestrelProactor.FaultHost;
 /// <summary>The application under the faults: endpoints that send and check <see cref="Pattern"/> bytes.</summary>
 internal static class Server
 {
+    /// <summary>With FAULTHOST_TRACE_H2=1: HTTP/2 connections and how far Kestrel got with each.</summary>
+    public static readonly System.Collections.Concurrent.ConcurrentDictionary<string, string> LiveConnections = new();
+
     public static WebApplication Build(int dispatchers, Action<ProactorTransportOptions> configure, ServerCounters counters)
     {
         var builder = WebApplication.CreateSlimBuilder(Array.Empty<string>());
@@ -16,7 +19,27 @@ internal static class Server
         {
             k.Limits.MaxRequestBodySize = null;
             k.Listen(IPAddress.Loopback, 0, o => o.Protocols = HttpProtocols.Http1);
-            k.Listen(IPAddress.Loopback, 0, o => o.Protocols = HttpProtocols.Http2);
+            k.Listen(IPAddress.Loopback, 0, o =>
+            {
+                o.Protocols = HttpProtocols.Http2;
+                if (Environment.GetEnvironmentVariable("FAULTHOST_TRACE_H2") == "1")
+                {
+                    o.Use(next => async connection =>
+                    {
+                        string id = connection.ConnectionId + " " + connection.RemoteEndPoint;
+                        LiveConnections[id] = "processing";
+                        try
+                        {
+                            await next(connection);
+                            LiveConnections[id] = "processed";
+                        }
+                        catch (Exception ex)
+                        {
+                            LiveConnections[id] = "threw " + ex.GetType().Name;
+                        }
+                    });
+                }
+            });
         });
         builder.WebHost.UseProactorTransport(o =>
         {

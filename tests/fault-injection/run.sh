@@ -13,6 +13,8 @@ cd "$(dirname "$0")/../.."
 
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
 seeds=1 first=1 backend=io_uring rate=0.03 verbose="" batch=100 replay=""
+# Where the host is built (a long soak can keep its own copy while the tree is rebuilt).
+out=${FAULT_HOST_DIR:-artifacts/fault-host}
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) seeds=$2; shift 2 ;;
@@ -32,37 +34,37 @@ if [ "$backend" != io_uring ]; then
 fi
 
 echo "fault-injection: building the fault host"
-dotnet build tests/KestrelProactor.FaultHost -c Release -v q -nologo -o artifacts/fault-host >/dev/null \
+dotnet build tests/KestrelProactor.FaultHost -c Release -v q -nologo -o "$out" >/dev/null \
   || { echo "fault-injection: the build failed" >&2; echo "$seeds seeds, $seeds failed"; exit 1; }
 
 rate_arg=""
 [ "$rate" != 0.03 ] && rate_arg=" --rate $rate"
 injected=0 failed=0 seed=$first last=$((first + seeds - 1))
-out=$(mktemp)
-trap 'rm -f "$out"' EXIT
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 while [ "$seed" -le "$last" ]; do
   count=$(( last - seed + 1 < batch ? last - seed + 1 : batch ))
   # A seed takes well under a minute even when everything in it times out; a batch past this limit hangs.
-  timeout $(( 60 + count * 60 )) dotnet artifacts/fault-host/KestrelProactor.FaultHost.dll \
-    --first "$seed" --seeds "$count" --rate "$rate" $verbose >"$out" 2>&1
+  timeout $(( 60 + count * 60 )) dotnet "$out/KestrelProactor.FaultHost.dll" \
+    --first "$seed" --seeds "$count" --rate "$rate" $verbose >"$log" 2>&1
   status=$?
   # Per seed: its line, the lines under it when it failed; a failing seed gets its replay command.
   awk -v verbose="$verbose" -v rate_arg="$rate_arg" '
     /^seed [0-9]+: / { s = $2; sub(":", "", s); bad = ($3 != "ok"); if (bad || verbose != "") print; if (bad) print "  replay: tests/fault-injection/run.sh --seed " s rate_arg; next }
     /^  / { if (bad || verbose != "") print; next }
     /^warm-up/ { print; bad = 1; next }
-  ' "$out"
-  done_seeds=$(grep -c '^seed [0-9]*: ' "$out")
-  bad_seeds=$(grep -c '^seed [0-9]*: FAILED' "$out")
-  faults=$(sed -nE 's/^faults injected: ([0-9]+)$/\1/p' "$out" | tail -1)
+  ' "$log"
+  done_seeds=$(grep -c '^seed [0-9]*: ' "$log")
+  bad_seeds=$(grep -c '^seed [0-9]*: FAILED' "$log")
+  faults=$(sed -nE 's/^faults injected: ([0-9]+)$/\1/p' "$log" | tail -1)
   if [ -z "$faults" ]; then
     # The process ended without its summary: count what it reported, then the seed it was on as failed.
-    faults=$(sed -nE 's/^seed [0-9]+: .* faults=([0-9]+) .*/\1/p' "$out" | paste -sd+ | bc 2>/dev/null)
+    faults=$(sed -nE 's/^seed [0-9]+: .* faults=([0-9]+) .*/\1/p' "$log" | awk '{ s += $1 } END { print s + 0 }')
     faults=${faults:-0}
     crashed=$((seed + done_seeds))
     if [ "$crashed" -le "$last" ]; then
       echo "seed $crashed: FAILED the host process ended (exit $status) during this seed; its last output:"
-      tail -5 "$out" | sed 's/^/  /'
+      tail -5 "$log" | sed 's/^/  /'
       echo "  replay: tests/fault-injection/run.sh --seed $crashed$rate_arg"
       bad_seeds=$((bad_seeds + 1))
       done_seeds=$((done_seeds + 1))
