@@ -8,7 +8,6 @@
 //   --workers W    concurrent client workers (default 4); --sessions M sessions each (default 4)
 //   --verbose      print each seed's faults by kind
 //   --no-kill      never kill a dispatcher
-//   --kill-with-http2  run HTTP/2 sessions in seeds that kill a dispatcher too (left out by default: open finding)
 //   --kinds K,L    only these session kinds (0 keep-alive, 1 churn, 2 echo, 3 upload, 4 download, 5 client abort,
 //                  6 server abort, 7 HTTP/2, 8 WebSocket)
 //   --only F,G     inject only these fault families (see IoUringFaultPlan.Only)
@@ -39,7 +38,6 @@ for (int i = 0; i < args.Length; i++)
         case "--sessions" when i + 1 < args.Length: sessions = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
         case "--verbose": verbose = true; break;
         case "--no-kill": kills = false; break;
-        case "--kill-with-http2": Runner.KillWithHttp2 = true; break;
         case "--kinds" when i + 1 < args.Length: Runner.Kinds = args[++i].Split(',').Select(k => int.Parse(k, CultureInfo.InvariantCulture)).ToArray(); break;
         case "--only" when i + 1 < args.Length: only = [.. args[++i].Split(',')]; break;
         default:
@@ -70,12 +68,6 @@ return failed == 0 ? 0 : 1;
 internal static class Runner
 {
     private static readonly TimeSpan ShutdownTimeout = TimeSpan.FromSeconds(5);
-
-    /// <summary>
-    /// Whether a seed that kills a dispatcher also runs HTTP/2 sessions. Off by default: an HTTP/2 connection on a killed
-    /// dispatcher sometimes never finishes in the server (open finding, docs/fault-injection.md).
-    /// </summary>
-    public static bool KillWithHttp2 { get; set; }
 
     /// <summary>Only these session kinds (see Workload), for narrowing a failure down; null: all.</summary>
     public static int[]? Kinds { get; set; }
@@ -123,7 +115,7 @@ internal static class Runner
         var factory = app.Services.GetServices<IConnectionListenerFactory>().OfType<ProactorTransportFactory>().Single();
         ProactorDispatcher[] dispatchers = factory.Backend!.Dispatchers;
         int[] ports = app.Urls.Select(u => new Uri(u).Port).ToArray();
-        var workload = new Workload(seed, ports[0], ports[1], warmUp ? null : Kinds ?? (KillsSomething(plan) && !KillWithHttp2 ? [0, 1, 2, 3, 4, 5, 6, 8] : null));
+        var workload = new Workload(seed, ports[0], ports[1], warmUp ? null : Kinds);
         List<Outcome> outcomes = await workload.RunAsync(warmUp ? 2 : workers, warmUp ? 9 : sessions);
 
         // Session verdicts: wrong bytes never pass; an error passes only on a connection a fault touched (or that
@@ -252,9 +244,6 @@ internal static class Runner
 
         return (problems.Count == 0, plan.Injected);
     }
-
-    private static bool KillsSomething(IoUringFaultPlan plan)
-        => plan.AllowKill && plan.KillMode is not (IoUringKillMode.None or IoUringKillMode.None2);
 
     private static bool Excused(Session session, IoUringFaultPlan plan, ProactorDispatcher[] dispatchers)
     {

@@ -74,6 +74,8 @@ while [ "$seed" -le "$last" ]; do
   injected=$((injected + faults))
   failed=$((failed + bad_seeds))
   seed=$((seed + done_seeds))
+  # Progress of a long run, one line per batch.
+  [ "$seeds" -gt "$batch" ] && echo "fault-injection: $((seed - first)) of $seeds seeds, $failed failed, $injected faults so far"
   [ "$done_seeds" -eq 0 ] && break
 done
 
