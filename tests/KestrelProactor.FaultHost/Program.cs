@@ -116,7 +116,18 @@ internal static class Runner
         ProactorDispatcher[] dispatchers = factory.Backend!.Dispatchers;
         int[] ports = app.Urls.Select(u => new Uri(u).Port).ToArray();
         var workload = new Workload(seed, ports[0], ports[1], warmUp ? null : Kinds);
-        List<Outcome> outcomes = await workload.RunAsync(warmUp ? 2 : workers, warmUp ? 9 : sessions);
+        Task<List<Outcome>> running = workload.RunAsync(warmUp ? 2 : workers, warmUp ? 9 : sessions);
+        // One seed in five stops the host while sessions are in flight (a kill during the stop then meets live
+        // connections); the others stop it once the workload is over and the server is quiet.
+        bool stopMidway = !warmUp && seed % 5 == 4;
+        TimeSpan stopTook = TimeSpan.Zero;
+        if (stopMidway)
+        {
+            await Task.Delay(new Random(seed).Next(10, 200));
+            stopTook = await StopAsync(app, problems);
+        }
+
+        List<Outcome> outcomes = await running;
 
         // Session verdicts: wrong bytes never pass; an error passes only on a connection a fault touched (or that
         // lived when its dispatcher was killed), or where the session expected one.
@@ -137,7 +148,7 @@ internal static class Runner
             {
                 problems.Add($"{outcome.Session.Name} (ports {string.Join(',', outcome.Session.Ports)}): {outcome.Error.Message}");
             }
-            else if (!outcome.ErrorExpected && !Excused(outcome.Session, plan, dispatchers))
+            else if (!outcome.ErrorExpected && !stopMidway && !Excused(outcome.Session, plan, dispatchers))
             {
                 problems.Add($"{outcome.Session.Name} on untouched connection(s) {string.Join(',', outcome.Session.Ports)} failed: {outcome.Error.GetType().Name}: {outcome.Error.Message}");
             }
@@ -146,7 +157,7 @@ internal static class Runner
         problems.AddRange(counters.Errors());
 
         // Quiet: every connection gone, only the listeners' accepts in flight, every lent buffer back.
-        bool quiet = await Eventually(() =>
+        bool quiet = stopMidway || await Eventually(() =>
         {
             var live = dispatchers.Where(d => !d.HasEnded).ToArray();
             return live.Sum(d => d.ConnectionCount) == 2 && live.Sum(d => d.InFlightOperations) <= 2 && live.All(d => d.ReceiveBuffersLent == 0);
@@ -165,24 +176,14 @@ internal static class Runner
             }
         }
 
-        var stop = Stopwatch.StartNew();
-        using (var cts = new CancellationTokenSource(ShutdownTimeout))
+        if (!stopMidway)
         {
-            try
-            {
-                await app.StopAsync(cts.Token);
-            }
-            catch (Exception ex)
-            {
-                problems.Add($"stop threw {ex.GetType().Name}: {ex.Message}");
-            }
+            stopTook = await StopAsync(app, problems);
         }
 
-        await app.DisposeAsync();
-        stop.Stop();
-        if (stop.Elapsed > ShutdownTimeout + TimeSpan.FromSeconds(1))
+        if (stopTook > ShutdownTimeout + TimeSpan.FromSeconds(1))
         {
-            problems.Add($"the host took {stop.Elapsed.TotalSeconds:F1}s to stop (shutdown timeout {ShutdownTimeout.TotalSeconds}s)");
+            problems.Add($"the host took {stopTook.TotalSeconds:F1}s to stop (shutdown timeout {ShutdownTimeout.TotalSeconds}s)");
         }
 
         foreach (ProactorDispatcher dispatcher in dispatchers)
@@ -230,7 +231,7 @@ internal static class Runner
         string kinds = string.Join(", ", plan.Counts.OrderBy(k => k.Key).Select(k => $"{k.Key}={k.Value}"));
         string summary = $"seed {seed}: {(problems.Count == 0 ? "ok" : "FAILED")} preset={presetName} faults={plan.Injected} " +
                          $"touched={plan.TouchedPorts.Count} killed={(plan.Killed.Count == 0 ? "none" : string.Join(',', plan.Killed.Keys.Select(k => "#" + k)) + "(" + plan.KillMode + ")")} " +
-                         $"sessions={outcomes.Count} errors={sessionErrors} {stopwatch.Elapsed.TotalSeconds:F1}s";
+                         $"sessions={outcomes.Count} errors={sessionErrors}{(stopMidway ? " stopped-midway" : "")} {stopwatch.Elapsed.TotalSeconds:F1}s";
         Console.WriteLine(summary);
         if (verbose || problems.Count != 0)
         {
@@ -243,6 +244,26 @@ internal static class Runner
         }
 
         return (problems.Count == 0, plan.Injected);
+    }
+
+    /// <summary>Stops the host with its shutdown timeout and disposes it; returns how long that took.</summary>
+    private static async Task<TimeSpan> StopAsync(WebApplication app, List<string> problems)
+    {
+        var stop = Stopwatch.StartNew();
+        using (var cts = new CancellationTokenSource(ShutdownTimeout))
+        {
+            try
+            {
+                await app.StopAsync(cts.Token);
+            }
+            catch (Exception ex)
+            {
+                problems.Add($"stop threw {ex.GetType().Name}: {ex.Message}");
+            }
+        }
+
+        await app.DisposeAsync();
+        return stop.Elapsed;
     }
 
     private static bool Excused(Session session, IoUringFaultPlan plan, ProactorDispatcher[] dispatchers)
