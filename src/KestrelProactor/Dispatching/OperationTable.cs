@@ -99,6 +99,13 @@ internal sealed class OperationTable
         return owner;
     }
 
+    /// <summary>The owner a completion names, without counting it (fault injection looks before it delivers).</summary>
+    public IOperationOwner? Peek(ulong userData)
+    {
+        OperationToken token = OperationToken.FromUserData(userData);
+        return IsCurrent(token) ? _owners[token.Slot] : null;
+    }
+
     public int InFlightOf(IOperationOwner owner) => IsCurrent(owner.Token) ? _inFlight[owner.Token.Slot] : 0;
 
     public void CopyOwners(List<IOperationOwner> destination)

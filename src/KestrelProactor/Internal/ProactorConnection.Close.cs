@@ -241,8 +241,11 @@ internal sealed partial class ProactorConnection
             CompleteInputWriter();
             if (!_outputEnded)
             {
+                // Without the error, as when a send fails (EndOutput): a flush that threw inside Kestrel's HTTP/2
+                // frame writer leaves a stream that never completes, and the host's stop waits for it for ever. The
+                // application learns of the end from its input, which ends with the reason, and ConnectionClosed.
                 _outputEnded = true;
-                Output.Complete(reason);
+                Output.Complete();
             }
         }
         finally

@@ -72,6 +72,10 @@ internal sealed unsafe partial class IoUringDispatcher
     {
         sqe->user_data = owner.Token.ToUserData(kind);
         Table.OnSubmitted(owner.Token);
+        if (_faults is not null)
+        {
+            InjectAtSubmission(sqe, owner, kind);
+        }
     }
 
     private static int FdOf(SafeHandle handle) => (int)handle.DangerousGetHandle();

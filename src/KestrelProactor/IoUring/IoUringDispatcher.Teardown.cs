@@ -154,9 +154,12 @@ internal sealed unsafe partial class IoUringDispatcher
 
             if (!ring.HasOverflowBacklog || round == MaxBacklogFlushes || ring.FlushCompletionBacklog() < 0)
             {
-                return;
+                break;
             }
         }
+
+        // Then nothing may stay armed in the kernel (IoUringDispatcher.FailureCancel.cs).
+        CancelEverythingAfterFailure(ring);
     }
 
     /// <summary>Bounds the reading of a failed ring's held-back completions (each flush posts up to a CQ's worth).</summary>

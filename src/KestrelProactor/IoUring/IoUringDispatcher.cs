@@ -36,6 +36,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
 
     public IoUringDispatcher(int id, ProactorBackendContext context) : base(id, context)
     {
+        _faults = IoUringFaultPlan.Current?.CreateInjector(id);
     }
 
     public override string BackendName => "io_uring";
@@ -76,6 +77,11 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
     protected override void PollCompletions(bool wait, long waitNanoseconds)
     {
         IoUringRing ring = _ring!;
+        if (_faults is not null)
+        {
+            BeginPassWithFaults(ring);
+        }
+
         // Before a wait that could last: a drop seen only after it would leave this pass's owners waiting meanwhile.
         CheckDroppedCompletions(ring);
         if (_bufferRing is not null)
@@ -92,7 +98,9 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
         if (wait || ring.NeedsEnter || ring.SubmissionsNeedEnter || (!ring.PollsSubmissions && ring.ReadyCompletions == 0))
         {
             uint pending = ring.PendingSubmissions;
-            int result = ring.SubmitAndWait(wait && ring.ReadyCompletions == 0 ? 1u : 0u, waitNanoseconds);
+            int result = _faults is null
+                ? ring.SubmitAndWait(wait && ring.ReadyCompletions == 0 ? 1u : 0u, waitNanoseconds)
+                : EnterWithFaults(ring, wait, waitNanoseconds);
             if (result >= 0)
             {
                 // With a polling thread the enter submits nothing itself (the kernel echoes the count back).
@@ -135,12 +143,24 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
         CheckDroppedCompletions(ring);
 
         int handled = 0;
+        if (_faults is not null)
+        {
+            DeliverHeld(all: false);
+        }
+
         while (ring.TryPeekCompletion(0, out io_uring_cqe cqe))
         {
             // Release the slot first: the handler's copy is all it needs, and the kernel can reuse the slot.
             ring.AdvanceCompletions(1);
             handled++;
-            HandleCompletion(cqe);
+            if (_faults is null)
+            {
+                HandleCompletion(cqe);
+            }
+            else
+            {
+                HandleCompletionWithFaults(cqe);
+            }
         }
 
         if (handled != 0)

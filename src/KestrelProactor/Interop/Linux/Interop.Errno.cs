@@ -10,6 +10,7 @@ internal static unsafe partial class Interop
         public const int EPERM = 1;
         public const int ENOENT = 2;
         public const int EINTR = 4;
+        public const int EIO = 5;
         public const int EBADF = 9;
         public const int EAGAIN = 11;
         public const int ENOMEM = 12;
@@ -44,6 +45,7 @@ internal static unsafe partial class Interop
             EBADR => "EBADR",
             ENOENT => "ENOENT",
             EINTR => "EINTR",
+            EIO => "EIO",
             EBADF => "EBADF",
             EAGAIN => "EAGAIN",
             ENOMEM => "ENOMEM",
