@@ -15,6 +15,7 @@ namespace KestrelProactor.Tests.Dispatching;
 /// descriptor (a healthy ring submits it, a failed one closes it without the ring), and a connection whose memory
 /// is kept for the kernel still ends the application's pending read and flush.
 /// </summary>
+[Collection(DispatcherHookCollection.Name)]
 public sealed class DispatcherEndDrainTests
 {
     [Fact]

@@ -22,6 +22,7 @@ namespace KestrelProactor.Tests.Dispatching;
 /// whose operations never end are released after the deadline, and every dispatcher stops at once. The Windows
 /// project links this file.
 /// </summary>
+[Collection(DispatcherHookCollection.Name)]
 public sealed class DispatcherEndTests
 {
     public static TheoryData<TransportKind> FailureKinds => new(OperatingSystem.IsWindows()

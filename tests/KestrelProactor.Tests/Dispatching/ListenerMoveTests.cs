@@ -11,6 +11,7 @@ namespace KestrelProactor.Tests.Dispatching;
 /// The listener moving off a failed dispatcher: an unbind that comes while it moves stops it on its new dispatcher,
 /// and a dispatcher whose teardown failed (its accept may still be armed) lets nobody else accept in its place.
 /// </summary>
+[Collection(DispatcherHookCollection.Name)]
 public sealed class ListenerMoveTests
 {
     private const int ListenerMovedEventId = 42;

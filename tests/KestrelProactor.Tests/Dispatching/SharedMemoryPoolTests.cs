@@ -14,6 +14,7 @@ namespace KestrelProactor.Tests.Dispatching;
 /// A <see cref="ProactorTransportOptions.MemoryPoolFactory"/> that returns one pool for every dispatcher: the pool is
 /// the transport's, disposed exactly once, and only when no dispatcher of the transport uses it any more.
 /// </summary>
+[Collection(DispatcherHookCollection.Name)]
 public sealed class SharedMemoryPoolTests
 {
     [Fact]
