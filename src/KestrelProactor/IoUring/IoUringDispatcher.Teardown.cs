@@ -34,18 +34,16 @@ internal sealed unsafe partial class IoUringDispatcher
 
         // Closes and shutdowns queued in the last pass go out first, so the cancel below cannot catch them.
         ThrowIfEnterFailed(ring.SubmitAndWait(0));
-        bool cancelAnswered = true;
-        if (Table.InFlight != 0)
-        {
-            // ANY|ALL (5.19): every request of this ring, the wake-up read included. An older kernel answers -EINVAL;
-            // the owners' own cancels, submitted when the stop aborted them, are then all there is.
-            io_uring_sqe* sqe = NextSqe();
-            sqe->opcode = IORING_OP_ASYNC_CANCEL;
-            sqe->fd = -1;
-            sqe->op_flags = IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL;
-            sqe->user_data = QuiesceCancelUserData;
-            cancelAnswered = false;
-        }
+        // ANY|ALL (5.19): every request of this ring. Always, even with no owner left: the wake-up read is armed too
+        // (not counted in the table), and its 8-byte buffer is freed right after the ring closes, which on some
+        // kernels does not end the read at once. An older kernel answers -EINVAL; the owners' own cancels, submitted
+        // when the stop aborted them, are then all there is.
+        io_uring_sqe* sqe = NextSqe();
+        sqe->opcode = IORING_OP_ASYNC_CANCEL;
+        sqe->fd = -1;
+        sqe->op_flags = IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL;
+        sqe->user_data = QuiesceCancelUserData;
+        bool cancelAnswered = false;
 
         long deadline = Environment.TickCount64 + (long)QuiesceTimeout.TotalMilliseconds;
         while (true)
@@ -126,30 +124,39 @@ internal sealed unsafe partial class IoUringDispatcher
 
         // A close the kernel never took: its handle was marked closed as the SQE was filled, so nobody else closes
         // the descriptor. It is closed here, with the linger an abortive close set on it.
+        // Every other entry the kernel never took is undone too: the cancel-everything enter below submits whatever
+        // is queued before it, and a send, shutdown or accept among them would still run after the failure. Each
+        // becomes a plain NOP. A close keeps its user data (its completion ends the close); any other is marked
+        // abandoned, so its owner stays counted and is released as maybe-live (kept with its memory) rather than
+        // read as a completion of its kind (an accept-kind NOP would look like an accepted descriptor 0).
         (uint start, uint end) = ring.UntakenSubmissions;
         for (uint position = start; position != end; position++)
         {
             io_uring_sqe* sqe = ring.SqeAt(position);
-            if (sqe->opcode == IORING_OP_CLOSE && OperationToken.KindOf(sqe->user_data) == OperationKind.Close)
+            ulong userData = sqe->user_data;
+            bool close = sqe->opcode == IORING_OP_CLOSE && OperationToken.KindOf(userData) == OperationKind.Close;
+            if (close)
             {
                 Sys.close(sqe->fd);
-                sqe->opcode = IORING_OP_NOP;
             }
+
+            *sqe = default;
+            sqe->opcode = IORING_OP_NOP;
+            sqe->user_data = close ? userData : AbandonedUserData;
         }
 
         // Completed accepts nobody will read: each installed a descriptor that would otherwise stay open for the
-        // life of the process. Other completions are left counted: their owners are released as maybe-live. Those
-        // the kernel held back while the CQ was full are posted by an enter that submits nothing and waits for
+        // life of the process. Every completion is counted off (no handler runs): an owner whose operations all
+        // ended is released as done, the others as maybe-live. Those the kernel held back while the CQ was full are posted by an enter that submits nothing and waits for
         // nothing, as many as fit each time, and read the same way.
         for (int round = 0; ; round++)
         {
             while (ring.TryPeekCompletion(0, out io_uring_cqe cqe))
             {
                 ring.AdvanceCompletions(1);
-                if (cqe.user_data != QuiesceCancelUserData && OperationToken.KindOf(cqe.user_data) == OperationKind.Accept && cqe.res >= 0)
-                {
-                    Sys.close(cqe.res);
-                }
+                // Counted off as any completion read after the failure (an accept's descriptor closed), so an owner
+                // whose operations all ended here is not kept as maybe-live.
+                OnCompletionAfterFailure(cqe);
             }
 
             if (!ring.HasOverflowBacklog || round == MaxBacklogFlushes || ring.FlushCompletionBacklog() < 0)
