@@ -91,6 +91,22 @@ internal sealed unsafe partial class IoUringDispatcher
         return ring.SubmitAndWait(mayWait ? 1u : 0u, waitNanoseconds);
     }
 
+    /// <summary>
+    /// The ring is ending (a stop's quiesce, a failure's salvage): every completion still held back is handed over,
+    /// since the kernel posted it, for the caller to handle as the end handles completions, with no further fault.
+    /// </summary>
+    private List<io_uring_cqe>? TakeAllHeld()
+    {
+        if (_faults is not { HasHeld: true } faults)
+        {
+            return null;
+        }
+
+        var held = new List<io_uring_cqe>();
+        faults.TakeDue(held, all: true);
+        return held;
+    }
+
     /// <summary>Delivers held completions that are due (all once a stop was asked for: a stop never waits on a hold).</summary>
     private void DeliverHeld(bool all)
     {

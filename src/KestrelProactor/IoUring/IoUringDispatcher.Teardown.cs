@@ -44,6 +44,10 @@ internal sealed unsafe partial class IoUringDispatcher
         sqe->op_flags = IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL;
         sqe->user_data = QuiesceCancelUserData;
         bool cancelAnswered = false;
+        foreach (io_uring_cqe held in TakeAllHeld() ?? [])
+        {
+            HandleQuiesceCompletion(held, ref cancelAnswered);
+        }
 
         long deadline = Environment.TickCount64 + (long)QuiesceTimeout.TotalMilliseconds;
         while (true)
@@ -149,6 +153,11 @@ internal sealed unsafe partial class IoUringDispatcher
         // life of the process. Every completion is counted off (no handler runs): an owner whose operations all
         // ended is released as done, the others as maybe-live. Those the kernel held back while the CQ was full are posted by an enter that submits nothing and waits for
         // nothing, as many as fit each time, and read the same way.
+        foreach (io_uring_cqe held in TakeAllHeld() ?? [])
+        {
+            OnCompletionAfterFailure(held);
+        }
+
         for (int round = 0; ; round++)
         {
             while (ring.TryPeekCompletion(0, out io_uring_cqe cqe))

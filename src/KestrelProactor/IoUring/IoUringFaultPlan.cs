@@ -71,7 +71,11 @@ internal sealed class IoUringFaultPlan
     /// <summary>Dispatchers killed on purpose, with the <see cref="Stopwatch"/> timestamp of the kill.</summary>
     public IReadOnlyDictionary<int, long> Killed => _killed;
 
-    internal IoUringFaultInjector CreateInjector(int dispatcherId) => new(this, dispatcherId);
+    internal IoUringFaultInjector CreateInjector(int dispatcherId)
+        // Injected results are NOPs that carry them (IORING_NOP_INJECT_RESULT): an older kernel would answer 0 instead.
+        => KernelVersion.AtLeast(6, 10)
+            ? new(this, dispatcherId)
+            : throw new PlatformNotSupportedException("Fault injection needs Linux 6.10 or later (NOPs that inject their result).");
 
     internal void Count(string fault) => _counts.AddOrUpdate(fault, 1, static (_, n) => n + 1);
 
