@@ -83,7 +83,7 @@ internal static class Runner
         var pool = new TrackingPool();
         var counters = new ServerCounters();
         // The seed also picks the transport's tier: the full ring tier, single-shot operations, the basic tier (no
-        // buffer ring: receives into pipe memory after a poll), or small queues (a full SQ, buffers running out).
+        // buffer ring: receives into pipe memory after a poll), or small queues (a full SQ and CQ, buffers running out).
         int preset = seed % 4;
         string presetName = preset switch { 0 => "default", 1 => "singleshot", 2 => "basic", _ => "small-queues" };
         var stopwatch = Stopwatch.StartNew();
@@ -98,6 +98,8 @@ internal static class Runner
             if (preset == 3)
             {
                 o.SubmissionQueueSize = 8;
+                // The CQ overflows for real: the kernel holds completions back (NODROP) until a pass makes room.
+                o.CompletionQueueSize = 8;
                 o.ReceiveBufferCount = 32;
                 o.ReceiveBufferSize = 4096;
             }
@@ -128,6 +130,7 @@ internal static class Runner
         }
 
         List<Outcome> outcomes = await running;
+        long backlogs = dispatchers.OfType<IoUringDispatcher>().Sum(d => d.CompletionQueueBacklogs);
 
         // Session verdicts: wrong bytes never pass; an error passes only on a connection a fault touched (or that
         // lived when its dispatcher was killed), or where the session expected one.
@@ -231,7 +234,7 @@ internal static class Runner
         string kinds = string.Join(", ", plan.Counts.OrderBy(k => k.Key).Select(k => $"{k.Key}={k.Value}"));
         string summary = $"seed {seed}: {(problems.Count == 0 ? "ok" : "FAILED")} preset={presetName} faults={plan.Injected} " +
                          $"touched={plan.TouchedPorts.Count} killed={(plan.Killed.Count == 0 ? "none" : string.Join(',', plan.Killed.Keys.Select(k => "#" + k)) + "(" + plan.KillMode + ")")} " +
-                         $"sessions={outcomes.Count} errors={sessionErrors}{(stopMidway ? " stopped-midway" : "")} {stopwatch.Elapsed.TotalSeconds:F1}s";
+                         $"sessions={outcomes.Count} errors={sessionErrors}{(stopMidway ? " stopped-midway" : "")}{(backlogs != 0 ? $" cq-backlogs={backlogs}" : "")} {stopwatch.Elapsed.TotalSeconds:F1}s";
         Console.WriteLine(summary);
         if (verbose || problems.Count != 0)
         {
