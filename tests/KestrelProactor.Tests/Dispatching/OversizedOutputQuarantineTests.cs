@@ -20,6 +20,7 @@ namespace KestrelProactor.Tests.Dispatching;
 public sealed class OversizedOutputQuarantineTests
 {
     private const int WriteSize = 64 * 1024;
+    private const int MaxWriteBufferSize = 1024 * 1024;
 
     [Fact]
     public async Task LoopFailsWithASendFromOversizedMemoryInFlight_ThatMemoryIsNotReturnedToTheSharedArrayPool()
@@ -30,6 +31,7 @@ public sealed class OversizedOutputQuarantineTests
         {
             o.SubmissionQueuePolling = true;
             o.MemoryPoolFactory = () => pool;
+            o.MaxWriteBufferSize = MaxWriteBufferSize;
         });
         using var client = new Socket(SocketType.Stream, ProtocolType.Tcp);
         client.ReceiveBufferSize = 4096;
@@ -41,12 +43,18 @@ public sealed class OversizedOutputQuarantineTests
         ((IoUring.IoUringDispatcher)target).TestSkipCancelAfterFailure = true;
         using var returns = new ArrayPoolReturns();
 
-        // Writes larger than a pool block (the pipe takes them from the shared array pool) until a flush stays
-        // pending: the client reads nothing, so a send from that memory stays in the kernel.
+        // Writes larger than a pool block (the pipe takes them from the shared array pool), more than the kernel can
+        // hold for a peer that reads nothing: at most the server socket's largest send buffer (the autotuning limit)
+        // and the client's locked receive buffer, each with a segment's overshoot. What the kernel cannot take stays
+        // in pipe memory for good, with a send from it in flight, whatever the scheduling. (Stopping at a flush that
+        // stays pending a while is not enough: on a busy machine the flush only waits for the dispatcher, its send
+        // then completes, and every array goes back before the failure.)
+        long kernelCanHold = SendBufferLimit() + (2 * 1024 * 1024);
+        int writes = (int)((kernelCanHold + MaxWriteBufferSize) / WriteSize) + 1;
+        long idle = target.InFlightOperations;
         PipeWriter output = connection.Transport.Output;
         var written = new HashSet<int>();
-        Task<FlushResult> flush = Task.FromResult(default(FlushResult));
-        for (int i = 0; i < 1024 && flush.IsCompleted; i++)
+        for (int i = 0; i < writes; i++)
         {
             Memory<byte> memory = output.GetMemory(WriteSize);
             Assert.True(MemoryMarshal.TryGetArray<byte>(memory, out ArraySegment<byte> segment));
@@ -54,12 +62,14 @@ public sealed class OversizedOutputQuarantineTests
             written.Add(RuntimeHelpers.GetHashCode(segment.Array!));
             memory.Span.Slice(0, WriteSize).Fill(1);
             output.Advance(WriteSize);
-            flush = output.FlushAsync().AsTask();
-            await Task.WhenAny(flush, Task.Delay(200));
         }
 
-        Assert.False(flush.IsCompleted, "the socket took 64 MiB without the peer reading");
-        await DispatcherEndDrainTests.WaitUntilAsync(() => target.InFlightOperations >= 2);
+        Task<FlushResult> flush = output.FlushAsync().AsTask();
+
+        // The send from that memory is in flight (beyond the receive, and the listener's accept when it shares the
+        // ring); it can never complete, so it stays.
+        await DispatcherEndDrainTests.WaitUntilAsync(() => target.InFlightOperations > idle);
+        Assert.False(flush.IsCompleted, $"the socket took {writes} writes of {WriteSize} bytes without the peer reading");
         try
         {
             ProactorDispatcher.TestLoopHook = d =>
@@ -91,6 +101,10 @@ public sealed class OversizedOutputQuarantineTests
         int returnedAfter = returns.ReturnedSince(position).Count(outstanding.Contains);
         Assert.True(returnedAfter == 0, $"{returnedAfter} of {outstanding.Count} array(s) a live send may read went back to the shared array pool");
     }
+
+    /// <summary>The largest send buffer TCP grows a socket's to (the last of <c>net.ipv4.tcp_wmem</c>).</summary>
+    private static long SendBufferLimit()
+        => long.Parse(File.ReadAllText("/proc/sys/net/ipv4/tcp_wmem").Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries)[2]);
 
     /// <summary>Rents from and returns to <c>ArrayPool&lt;byte&gt;.Shared</c>, by array identity hash, from its event source.</summary>
     private sealed class ArrayPoolReturns : EventListener
