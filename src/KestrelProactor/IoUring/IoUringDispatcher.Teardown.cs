@@ -32,6 +32,14 @@ internal sealed unsafe partial class IoUringDispatcher
             return;
         }
 
+        // Completions the fault layer held back are the kernel's, posted already: handled first, so what their
+        // handlers queue goes out before the cancel and is caught by it.
+        bool heldAnswered = false;
+        foreach (io_uring_cqe held in TakeAllHeld() ?? [])
+        {
+            HandleQuiesceCompletion(held, ref heldAnswered);
+        }
+
         // Closes and shutdowns queued in the last pass go out first, so the cancel below cannot catch them.
         ThrowIfEnterFailed(ring.SubmitAndWait(0));
         // ANY|ALL (5.19): every request of this ring. Always, even with no owner left: the wake-up read is armed too
@@ -44,10 +52,6 @@ internal sealed unsafe partial class IoUringDispatcher
         sqe->op_flags = IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL;
         sqe->user_data = QuiesceCancelUserData;
         bool cancelAnswered = false;
-        foreach (io_uring_cqe held in TakeAllHeld() ?? [])
-        {
-            HandleQuiesceCompletion(held, ref cancelAnswered);
-        }
 
         long deadline = Environment.TickCount64 + (long)QuiesceTimeout.TotalMilliseconds;
         while (true)

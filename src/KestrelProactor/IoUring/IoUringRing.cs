@@ -299,6 +299,14 @@ internal sealed unsafe partial class IoUringRing : IDisposable
         kernel_timespec timeout = default;
         io_uring_getevents_arg arg = default;
         bool timed = minComplete != 0 && timeoutNanoseconds >= 0;
+        if (timed && !SupportsTimedWait)
+        {
+            // Before 5.11 an enter cannot carry a timeout (EXT_ARG is refused with EINVAL, and nothing is submitted):
+            // a bounded wait becomes a poll, which its caller's deadline loop repeats, rather than an unbounded one.
+            timed = false;
+            minComplete = 0;
+        }
+
         if (timed)
         {
             timeout.tv_sec = timeoutNanoseconds / 1_000_000_000;

@@ -62,6 +62,44 @@ public sealed class FailedRingCancelTests
         await factory.DisposeAsync().AsTask().DefaultTimeout();
     }
 
+    [Fact]
+    public async Task StoppedRingWithNoOwnerLeft_HasNoRequestArmedInTheKernel_WhenItCloses()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
+        Assert.SkipUnless(KernelVersion.AtLeast(5, 19), "the kernel has no ASYNC_CANCEL ANY|ALL");
+        // Arrange: a transport whose listener is gone, so its stop finds every table empty; only the wake-up read
+        // (not an owner's, and freed right after the ring closes) is armed.
+        ProactorTransportOptions options = TransportFactories.CreateOptions(TransportKind.Proactor);
+        var factory = new ProactorTransportFactory(Options.Create(options), LoggerFactory.Create(_ => { }));
+        IConnectionListener listener = await factory.BindAsync(new IPEndPoint(IPAddress.Loopback, 0)).DefaultTimeout();
+        await listener.UnbindAsync().DefaultTimeout();
+        await listener.DisposeAsync().DefaultTimeout();
+        ProactorDispatcher[] dispatchers = factory.Backend!.Dispatchers;
+        await DispatcherEndDrainTests.WaitUntilAsync(() => dispatchers.All(d => d.ConnectionCount == 0));
+        var armed = new System.Collections.Concurrent.ConcurrentDictionary<int, string>();
+        try
+        {
+            ProactorDispatcher.TestTeardownHook = d =>
+            {
+                if (dispatchers.Contains(d))
+                {
+                    armed[d.Id] = ArmedRequests(((IoUringDispatcher)d).Ring.RingFd.Fd);
+                }
+            };
+
+            // Act
+            await factory.DisposeAsync().AsTask().DefaultTimeout();
+        }
+        finally
+        {
+            ProactorDispatcher.TestTeardownHook = null;
+        }
+
+        // Assert: each ring cancelled its wake-up read before it closed.
+        Assert.Equal(dispatchers.Length, armed.Count);
+        Assert.All(armed, pair => Assert.True(pair.Value.Length == 0, $"dispatcher {pair.Key} still had requests armed when it closed: {pair.Value}"));
+    }
+
     /// <summary>The ring's armed polls as the kernel lists them in the ring descriptor's fdinfo ("PollList:").</summary>
     private static string ArmedRequests(int ringFd)
     {
