@@ -34,19 +34,14 @@ internal sealed unsafe partial class IoUringDispatcher
             return;
         }
 
-        *sqe = default;
-        sqe->opcode = IORING_OP_ASYNC_CANCEL;
-        sqe->fd = -1;
-        sqe->op_flags = IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL;
-        sqe->user_data = QuiesceCancelUserData;
+        PrepareCancelEverything(sqe);
         bool answered = false;
         long deadline = Environment.TickCount64 + (long)FailureCancelTimeout.TotalMilliseconds;
         while (true)
         {
             const long SliceNanoseconds = 10_000_000;
             int result = ring.SubmitAndWait(answered ? 0u : 1u, SliceNanoseconds);
-            if (result < 0 && result != -Errno.EBUSY && result != -Errno.EAGAIN && result != -Errno.EINTR &&
-                result != -Errno.ETIME && result != -Errno.EBADR)
+            if (!IsTransientEnterResult(result) && result != -Errno.EBADR)
             {
                 // The ring cannot be entered: what it holds ends with its exit work.
                 return;

@@ -46,11 +46,7 @@ internal sealed unsafe partial class IoUringDispatcher
         // (not counted in the table), and its 8-byte buffer is freed right after the ring closes, which on some
         // kernels does not end the read at once. An older kernel answers -EINVAL; the owners' own cancels, submitted
         // when the stop aborted them, are then all there is.
-        io_uring_sqe* sqe = NextSqe();
-        sqe->opcode = IORING_OP_ASYNC_CANCEL;
-        sqe->fd = -1;
-        sqe->op_flags = IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL;
-        sqe->user_data = QuiesceCancelUserData;
+        PrepareCancelEverything(NextSqe());
         bool cancelAnswered = false;
 
         long deadline = Environment.TickCount64 + (long)QuiesceTimeout.TotalMilliseconds;
@@ -185,9 +181,26 @@ internal sealed unsafe partial class IoUringDispatcher
     /// <summary>Bounds the reading of a failed ring's held-back completions (each flush posts up to a CQ's worth).</summary>
     private const int MaxBacklogFlushes = 4096;
 
+    /// <summary>An ASYNC_CANCEL of every request of this ring (ANY|ALL, 5.19+), answered under <see cref="QuiesceCancelUserData"/>.</summary>
+    private static void PrepareCancelEverything(io_uring_sqe* sqe)
+    {
+        *sqe = default;
+        sqe->opcode = IORING_OP_ASYNC_CANCEL;
+        sqe->fd = -1;
+        sqe->op_flags = IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL;
+        sqe->user_data = QuiesceCancelUserData;
+    }
+
+    /// <summary>
+    /// An enter that did not fail for good: it may have done nothing (EINTR, EAGAIN, EBUSY while the kernel holds
+    /// completions we have not read), or a bounded wait ran out (ETIME).
+    /// </summary>
+    private static bool IsTransientEnterResult(int result)
+        => result >= 0 || result == -Errno.EBUSY || result == -Errno.EAGAIN || result == -Errno.EINTR || result == -Errno.ETIME;
+
     private static void ThrowIfEnterFailed(int result)
     {
-        if (result < 0 && result != -Errno.EBUSY && result != -Errno.EAGAIN && result != -Errno.EINTR && result != -Errno.ETIME)
+        if (!IsTransientEnterResult(result))
         {
             throw new IoUringException($"io_uring_enter failed while the ring ended: {Errno.Name(-result)}", -result);
         }

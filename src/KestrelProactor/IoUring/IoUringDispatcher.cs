@@ -114,7 +114,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
                 // The kernel's own report of a dropped completion (5.19+), once, when the CQ is empty.
                 throw DroppedCompletions(ring.TakeOverflowDelta());
             }
-            else if (result != -Errno.EBUSY && result != -Errno.EAGAIN && result != -Errno.EINTR && result != -Errno.ETIME)
+            else if (!IsTransientEnterResult(result))
             {
                 throw new IoUringException($"io_uring_enter failed: {Errno.Name(-result)}", -result);
             }

@@ -315,34 +315,15 @@ internal sealed unsafe partial class IoUringRing : IDisposable
             flags |= IORING_ENTER_EXT_ARG;
         }
 
-        while (true)
-        {
-            int result = timed ? Enter(_enterFd, toSubmit, minComplete, flags, &arg) : Enter(_enterFd, toSubmit, minComplete, flags);
-            if (result >= 0)
-            {
-                return result;
-            }
-
-            int errno = Marshal.GetLastPInvokeError();
-            if (errno == Errno.EINTR)
-            {
-                continue;
-            }
-
-            return -errno;
-        }
+        return EnterRetryingInterrupts(toSubmit, minComplete, flags, timed ? &arg : null);
     }
 
-    /// <summary>
-    /// An enter that submits nothing and waits for nothing: the kernel posts the completions it held back while the CQ
-    /// was full, as many as now fit. Nothing is published first, so no SQE filled since the last enter reaches the
-    /// kernel. For the end of a failed loop. Returns what the enter returned, or -errno.
-    /// </summary>
-    public int FlushCompletionBacklog()
+    /// <summary>One io_uring_enter, repeated when a signal interrupted it; the count it returned, or -errno.</summary>
+    private int EnterRetryingInterrupts(uint toSubmit, uint minComplete, uint flags, io_uring_getevents_arg* arg)
     {
         while (true)
         {
-            int result = Enter(_enterFd, 0, 0, _enterFlags | IORING_ENTER_GETEVENTS);
+            int result = arg is not null ? Enter(_enterFd, toSubmit, minComplete, flags, arg) : Enter(_enterFd, toSubmit, minComplete, flags);
             if (result >= 0)
             {
                 return result;
@@ -355,6 +336,13 @@ internal sealed unsafe partial class IoUringRing : IDisposable
             }
         }
     }
+
+    /// <summary>
+    /// An enter that submits nothing and waits for nothing: the kernel posts the completions it held back while the CQ
+    /// was full, as many as now fit. Nothing is published first, so no SQE filled since the last enter reaches the
+    /// kernel. For the end of a failed loop. Returns what the enter returned, or -errno.
+    /// </summary>
+    public int FlushCompletionBacklog() => EnterRetryingInterrupts(0, 0, _enterFlags | IORING_ENTER_GETEVENTS, null);
 
     /// <summary>
     /// The SQEs filled that the kernel can no longer take once this thread stops entering the ring: every one past
