@@ -245,27 +245,30 @@ internal sealed class Workload(int seed, int http1Port, int http2Port, int[]? ki
         throw new WrongBytesException($"GET /abort size={size}: the body completed although the server aborted after half");
     }
 
+    /// <summary>A handler whose connections record their client port in <paramref name="session"/> (what a fault names).</summary>
+    private static SocketsHttpHandler CreateHandler(Session session) => new()
+    {
+        ConnectCallback = async (context, ct) =>
+        {
+            var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+            try
+            {
+                await socket.ConnectAsync(context.DnsEndPoint, ct);
+            }
+            catch
+            {
+                socket.Dispose();
+                throw;
+            }
+
+            session.Used(((IPEndPoint)socket.LocalEndPoint!).Port);
+            return new NetworkStream(socket, ownsSocket: true);
+        },
+    };
+
     private async Task Http2Async(Session session, Random random, CancellationToken token)
     {
-        using var handler = new SocketsHttpHandler
-        {
-            ConnectCallback = async (context, ct) =>
-            {
-                var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-                try
-                {
-                    await socket.ConnectAsync(context.DnsEndPoint, ct);
-                }
-                catch
-                {
-                    socket.Dispose();
-                    throw;
-                }
-
-                session.Used(((IPEndPoint)socket.LocalEndPoint!).Port);
-                return new NetworkStream(socket, ownsSocket: true);
-            },
-        };
+        using SocketsHttpHandler handler = CreateHandler(session);
         using var client = new HttpClient(handler)
         {
             BaseAddress = new Uri($"http://127.0.0.1:{http2Port}"),
@@ -317,25 +320,7 @@ internal sealed class Workload(int seed, int http1Port, int http2Port, int[]? ki
 
     private async Task WebSocketAsync(Session session, Random random, CancellationToken token)
     {
-        using var handler = new SocketsHttpHandler
-        {
-            ConnectCallback = async (context, ct) =>
-            {
-                var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-                try
-                {
-                    await socket.ConnectAsync(context.DnsEndPoint, ct);
-                }
-                catch
-                {
-                    socket.Dispose();
-                    throw;
-                }
-
-                session.Used(((IPEndPoint)socket.LocalEndPoint!).Port);
-                return new NetworkStream(socket, ownsSocket: true);
-            },
-        };
+        using SocketsHttpHandler handler = CreateHandler(session);
         using var invoker = new HttpMessageInvoker(handler);
         using var socket = new ClientWebSocket();
         await socket.ConnectAsync(new Uri($"ws://127.0.0.1:{http1Port}/ws"), invoker, token);
