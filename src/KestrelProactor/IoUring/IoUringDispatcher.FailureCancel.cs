@@ -40,7 +40,10 @@ internal sealed unsafe partial class IoUringDispatcher
         while (true)
         {
             const long SliceNanoseconds = 10_000_000;
-            int result = ring.SubmitAndWait(answered ? 0u : 1u, SliceNanoseconds);
+            // Zero-copy notifications are waited for too (within the same bound): a block whose notification is read
+            // here goes back to its pool rather than being kept for good at the teardown.
+            bool waiting = !answered || ZeroCopySendsAwaitingNotification != 0;
+            int result = ring.SubmitAndWait(waiting && ring.ReadyCompletions == 0 ? 1u : 0u, SliceNanoseconds);
             if (!IsTransientEnterResult(result) && result != -Errno.EBADR)
             {
                 // The ring cannot be entered: what it holds ends with its exit work.
@@ -56,10 +59,29 @@ internal sealed unsafe partial class IoUringDispatcher
             }
 
             // Once answered, one more pass without a wait collects what the cancel ended (posted as task work).
-            if ((answered && !any) || Environment.TickCount64 > deadline)
+            if ((answered && !any && ZeroCopySendsAwaitingNotification == 0) || Environment.TickCount64 > deadline)
             {
                 return;
             }
+        }
+    }
+
+    /// <summary>
+    /// A zero-copy send's result or notification read after the failure: the books of <see cref="OnZeroCopySendCompletion"/>
+    /// without its handler. A block whose notification came (or whose result says none follows) goes back with its pins
+    /// and holds, since the kernel no longer reads its pages; one still awaiting its notification is kept at the teardown.
+    /// </summary>
+    private void OnZeroCopyCompletionAfterFailure(in io_uring_cqe cqe)
+    {
+        IoUringSendBlock block = ZeroCopyBlockOf(cqe.user_data);
+        if ((cqe.flags & IORING_CQE_F_NOTIF) != 0)
+        {
+            OnZeroCopyNotification(block);
+        }
+        else
+        {
+            // Its owner, released after the salvage, no longer holds memory the kernel may read through this send.
+            EndZeroCopySend(block, cqe.flags);
         }
     }
 
@@ -72,8 +94,14 @@ internal sealed unsafe partial class IoUringDispatcher
             return true;
         }
 
-        if (userData == AbandonedUserData || (userData & ZeroCopyTag) != 0)
+        if (userData == AbandonedUserData)
         {
+            return false;
+        }
+
+        if ((userData & ZeroCopyTag) != 0)
+        {
+            OnZeroCopyCompletionAfterFailure(cqe);
             return false;
         }
 

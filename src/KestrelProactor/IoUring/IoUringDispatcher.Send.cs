@@ -197,44 +197,18 @@ internal sealed unsafe partial class IoUringDispatcher
 
     private void OnZeroCopySendCompletion(in io_uring_cqe cqe)
     {
-        IoUringSendBlock block = _allSendBlocks[(int)((cqe.user_data & ~ZeroCopyTag) >> 32)];
+        IoUringSendBlock block = ZeroCopyBlockOf(cqe.user_data);
         if ((cqe.flags & IORING_CQE_F_NOTIF) != 0)
         {
-            // The kernel let go of the pages: the pins and holds go, and the pool blocks with them if the pipe is
-            // done. The result comes first; should a kernel post them the other way round, the result recycles.
-            block.NotificationArrived = true;
-            if (block.ResultArrived)
-            {
-                ZeroCopySendsAwaitingNotification--;
-                ZeroCopyBytesAwaitingNotification -= block.Length;
-                RecycleSendBlock(block);
-            }
-
+            OnZeroCopyNotification(block);
             return;
         }
 
         // The result. The send is over for the connection; a notification follows when F_MORE says so (a send
         // that failed before it pinned anything has none).
-        bool notificationFollows = (cqe.flags & IORING_CQE_F_MORE) != 0;
         ProactorConnection connection = block.Connection!;
-        IOperationOwner? owner = Table.OnCompleted(block.OwnerUserData, final: true);
-        if (ReferenceEquals(connection.SendState, block))
-        {
-            connection.SendState = null;
-        }
-
         ReadOnlySequence<byte> buffer = block.Buffer;
-        block.ResultArrived = true;
-        if (notificationFollows && !block.NotificationArrived)
-        {
-            ZeroCopySendsAwaitingNotification++;
-            ZeroCopyBytesAwaitingNotification += block.Length;
-        }
-        else
-        {
-            RecycleSendBlock(block);
-        }
-
+        IOperationOwner? owner = EndZeroCopySend(block, cqe.flags);
         if (owner is null)
         {
             StaleCompletions++;
@@ -261,5 +235,49 @@ internal sealed unsafe partial class IoUringDispatcher
         }
 
         DispatchCompletion(connection, OperationKind.Send, ToResult(res), more: false, default, null);
+    }
+
+    private IoUringSendBlock ZeroCopyBlockOf(ulong userData) => _allSendBlocks[(int)((userData & ~ZeroCopyTag) >> 32)];
+
+    /// <summary>
+    /// A zero-copy send's notification: the kernel let go of the pages, so the pins and holds go, and the pool blocks
+    /// with them if the pipe is done. The result comes first; should a kernel post them the other way round, the
+    /// result recycles.
+    /// </summary>
+    private void OnZeroCopyNotification(IoUringSendBlock block)
+    {
+        block.NotificationArrived = true;
+        if (block.ResultArrived)
+        {
+            ZeroCopySendsAwaitingNotification--;
+            ZeroCopyBytesAwaitingNotification -= block.Length;
+            RecycleSendBlock(block);
+        }
+    }
+
+    /// <summary>
+    /// A zero-copy send's result, booked: the send leaves its connection and the table, and its block waits for the
+    /// notification (<paramref name="flags"/> has F_MORE) or goes back at once. Returns the owner the table had.
+    /// </summary>
+    private IOperationOwner? EndZeroCopySend(IoUringSendBlock block, uint flags)
+    {
+        IOperationOwner? owner = Table.OnCompleted(block.OwnerUserData, final: true);
+        if (block.Connection is { } connection && ReferenceEquals(connection.SendState, block))
+        {
+            connection.SendState = null;
+        }
+
+        block.ResultArrived = true;
+        if ((flags & IORING_CQE_F_MORE) != 0 && !block.NotificationArrived)
+        {
+            ZeroCopySendsAwaitingNotification++;
+            ZeroCopyBytesAwaitingNotification += block.Length;
+        }
+        else
+        {
+            RecycleSendBlock(block);
+        }
+
+        return owner;
     }
 }
