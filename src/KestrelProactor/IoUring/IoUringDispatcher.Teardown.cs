@@ -131,8 +131,9 @@ internal sealed unsafe partial class IoUringDispatcher
         // Every other entry the kernel never took is undone too: the cancel-everything enter below submits whatever
         // is queued before it, and a send, shutdown or accept among them would still run after the failure. Each
         // becomes a plain NOP. A close keeps its user data (its completion ends the close); any other is marked
-        // abandoned, so its owner stays counted and is released as maybe-live (kept with its memory) rather than
-        // read as a completion of its kind (an accept-kind NOP would look like an accepted descriptor 0).
+        // abandoned (an accept-kind NOP must not be read as an accepted descriptor 0) and counted off here: the kernel
+        // never saw it, so it holds nothing of its owner's, which is then released as done rather than kept with its
+        // memory, and a zero-copy send's block lets go of its pool blocks.
         (uint start, uint end) = ring.UntakenSubmissions;
         for (uint position = start; position != end; position++)
         {
@@ -147,6 +148,10 @@ internal sealed unsafe partial class IoUringDispatcher
             *sqe = default;
             sqe->opcode = IORING_OP_NOP;
             sqe->user_data = close ? userData : AbandonedUserData;
+            if (!close)
+            {
+                CountOffUntaken(userData);
+            }
         }
 
         // Completed accepts nobody will read: each installed a descriptor that would otherwise stay open for the
@@ -176,6 +181,36 @@ internal sealed unsafe partial class IoUringDispatcher
 
         // Then nothing may stay armed in the kernel (IoUringDispatcher.FailureCancel.cs).
         CancelEverythingAfterFailure(ring);
+    }
+
+    /// <summary>An operation the failed ring queued and the kernel never took ends for the books: no completion will.</summary>
+    private void CountOffUntaken(ulong userData)
+    {
+        if (userData == AbandonedUserData || userData == QuiesceCancelUserData)
+        {
+            return;
+        }
+
+        if ((userData & ZeroCopyTag) != 0)
+        {
+            // No result and no notification will come: the block goes back with its pins and holds.
+            EndZeroCopySend(ZeroCopyBlockOf(userData), flags: 0);
+            return;
+        }
+
+        if (OperationToken.KindOf(userData) == OperationKind.Wake)
+        {
+            return;
+        }
+
+        IOperationOwner? owner = Table.OnCompleted(userData, final: true);
+        if (OperationToken.KindOf(userData) == OperationKind.Send
+            && owner is Internal.ProactorConnection { SendState: IoUringSendBlock block } connection)
+        {
+            // A copied send's block (its native header) is idle again, so the teardown frees it.
+            connection.SendState = null;
+            RecycleSendBlock(block);
+        }
     }
 
     /// <summary>Bounds the reading of a failed ring's held-back completions (each flush posts up to a CQ's worth).</summary>
