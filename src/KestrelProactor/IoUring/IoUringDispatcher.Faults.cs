@@ -12,13 +12,14 @@ namespace KestrelProactor.IoUring;
 /// null and the loop takes none of these paths. With one, real completions and submissions are perturbed the way the
 /// kernel could have done it:
 /// <list type="bullet">
-/// <item>submissions: a send is shortened (the kernel sends less, the connection sends the rest) or turned into a NOP
-/// that fails with EAGAIN; a ring-tier receive is turned into a NOP that fails with ENOBUFS (retried once a buffer is
+/// <item>submissions: a send (copied or zero-copy) is shortened (the kernel sends less, the connection sends the rest)
+/// or turned into a NOP that fails with EAGAIN; a zero-copy send into one that fails with EOPNOTSUPP (the socket has no
+/// zero-copy: no notification follows, and the connection copies from then on); a ring-tier receive is turned into a NOP that fails with ENOBUFS (retried once a buffer is
 /// there) or ECANCELED;</item>
 /// <item>completions: a receive is split in two (a prefix in its buffer, the rest copied after it), or fails with
 /// ECONNRESET/ETIMEDOUT (a buffer it carried still goes back), or is preceded by an ENOBUFS that keeps F_MORE; a send fails
 /// with EPIPE/ECONNRESET/ETIMEDOUT; an accept fails with EMFILE/ENFILE/ECONNABORTED after its descriptor is really
-/// closed; a close fails with EBADF/EIO after the descriptor was really closed; a shutdown fails with ENOTCONN;</item>
+/// closed; a zero-copy send's result fails so too, its notification still to come when F_MORE says so; a close fails with EBADF/EIO after the descriptor was really closed; a shutdown fails with ENOTCONN;</item>
 /// <item>completions are held back for a few passes (one owner's stay in order), which reorders them across owners;</item>
 /// <item>an enter is skipped and reports EINTR, EAGAIN or EBUSY;</item>
 /// <item>the dispatcher is killed (a ring error, a dropped completion, EBADR from an enter, or a ring error during
@@ -157,9 +158,15 @@ internal sealed unsafe partial class IoUringDispatcher
     {
         IoUringFaultInjector faults = _faults!;
         ulong userData = cqe.user_data;
-        if ((userData & ZeroCopyTag) != 0 || !faults.Roll())
+        if (!faults.Roll())
         {
             HandleCompletion(cqe);
+            return;
+        }
+
+        if ((userData & ZeroCopyTag) != 0)
+        {
+            DeliverZeroCopyWithFault(cqe);
             return;
         }
 
@@ -220,6 +227,26 @@ internal sealed unsafe partial class IoUringDispatcher
     }
 
     /// <summary>
+    /// A zero-copy send's result fails with EPIPE, ECONNRESET or ETIMEDOUT, as when the connection broke while the kernel
+    /// queued it. Its flags stay: when F_MORE says a notification follows, the kernel pinned pages and lets go of them
+    /// later, so the block must still wait for that notification. Notifications themselves are never changed (only held).
+    /// </summary>
+    private void DeliverZeroCopyWithFault(io_uring_cqe cqe)
+    {
+        if ((cqe.flags & IORING_CQE_F_NOTIF) == 0 && cqe.res >= 0 && _faults!.Plan.Allows("send-error"))
+        {
+            IoUringSendBlock block = ZeroCopyBlockOf(cqe.user_data);
+            if (block.Connection is { } connection && ReferenceEquals(Table.Peek(block.OwnerUserData), connection))
+            {
+                cqe.res = -_faults.Pick(Errno.EPIPE, Errno.ECONNRESET, Errno.ETIMEDOUT);
+                Fault(connection, "zero-copy send " + Errno.Name(-cqe.res));
+            }
+        }
+
+        HandleCompletion(cqe);
+    }
+
+    /// <summary>
     /// Delivers a buffer-ring receive in two: the first <paramref name="prefix"/> bytes in the buffer the kernel filled
     /// (marked F_MORE, so the receive stays open for its owner), then the rest, copied, with the kernel's own flags.
     /// </summary>
@@ -246,8 +273,18 @@ internal sealed unsafe partial class IoUringDispatcher
             return;
         }
 
-        if (kind == OperationKind.Send && sqe->opcode is IORING_OP_SEND or IORING_OP_SENDMSG)
+        if (kind == OperationKind.Send && sqe->opcode is IORING_OP_SEND or IORING_OP_SENDMSG or IORING_OP_SEND_ZC or IORING_OP_SENDMSG_ZC)
         {
+            bool zeroCopy = sqe->opcode is IORING_OP_SEND_ZC or IORING_OP_SENDMSG_ZC;
+            if (zeroCopy && faults.Next(0, 4) == 0 && faults.Plan.Allows("zero-copy-refused"))
+            {
+                // The socket has no zero-copy (as a Unix domain socket answers): nothing sent, no notification; the
+                // connection's sends are copied from now on, this one first.
+                faults.Plan.Count("zero-copy EOPNOTSUPP");
+                InjectResult(sqe, -Errno.EOPNOTSUPP);
+                return;
+            }
+
             if (faults.Next(0, 3) == 0 && faults.Plan.Allows("send-eagain"))
             {
                 // A send the kernel's worker tried on a non-blocking socket: nothing sent, sent again unseen.
@@ -262,12 +299,12 @@ internal sealed unsafe partial class IoUringDispatcher
                 return;
             }
 
-            if (sqe->opcode == IORING_OP_SEND && sqe->len >= 2)
+            if (sqe->opcode is IORING_OP_SEND or IORING_OP_SEND_ZC && sqe->len >= 2)
             {
                 sqe->len = (uint)faults.Next(1, (int)sqe->len);
                 faults.Plan.Count("short send");
             }
-            else if (sqe->opcode == IORING_OP_SENDMSG)
+            else if (sqe->opcode is IORING_OP_SENDMSG or IORING_OP_SENDMSG_ZC)
             {
                 var header = (Sys.msghdr*)sqe->addr;
                 if (header->msg_iovlen >= 2)

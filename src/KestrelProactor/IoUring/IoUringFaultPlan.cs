@@ -50,7 +50,7 @@ internal sealed class IoUringFaultPlan
 
     /// <summary>
     /// The fault families this plan may inject (null: all): enter, hold, split, receive-error, enobufs-more, send-error,
-    /// accept, close, shutdown, send-eagain, short-send, receive-enobufs, receive-ecanceled. For narrowing a failing seed down.
+    /// accept, close, shutdown, send-eagain, short-send, zero-copy-refused, receive-enobufs, receive-ecanceled. For narrowing a failing seed down.
     /// </summary>
     public IReadOnlySet<string>? Only { get; init; }
 
