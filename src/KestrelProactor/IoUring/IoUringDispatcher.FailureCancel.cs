@@ -30,8 +30,12 @@ internal sealed unsafe partial class IoUringDispatcher
         io_uring_sqe* sqe = ring.TryGetSqe();
         if (sqe is null)
         {
-            // A full SQ the kernel did not take: entering again would not help; the ring's exit work cancels.
-            return;
+            // A full SQ: every entry in it is a NOP by now (the salvage made them so), so one enter that takes them
+            // makes room for the cancel. If the kernel takes none, the ring's exit work cancels.
+            if (!IsTransientEnterResult(ring.SubmitAndWait(0)) || (sqe = ring.TryGetSqe()) is null)
+            {
+                return;
+            }
         }
 
         PrepareCancelEverything(sqe);
@@ -48,6 +52,12 @@ internal sealed unsafe partial class IoUringDispatcher
             {
                 // The ring cannot be entered: what it holds ends with its exit work.
                 return;
+            }
+
+            if (result == -Errno.EBADR)
+            {
+                // A ring that dropped completions answers every waiting enter so at once: no busy loop until the deadline.
+                Thread.Sleep(1);
             }
 
             bool any = false;
@@ -112,7 +122,12 @@ internal sealed unsafe partial class IoUringDispatcher
         }
 
         // The operation is over: its owner, released below as after any failure, no longer counts it in flight.
-        Table.OnCompleted(userData, final: (cqe.flags & IORING_CQE_F_MORE) == 0);
+        bool final = (cqe.flags & IORING_CQE_F_MORE) == 0;
+        IOperationOwner? owner = Table.OnCompleted(userData, final);
+        if (final)
+        {
+            RecycleCopiedSendAfterFailure(owner, kind);
+        }
         if (kind == OperationKind.Accept && cqe.res >= 0)
         {
             Sys.close(cqe.res);

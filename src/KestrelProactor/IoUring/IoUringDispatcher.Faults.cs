@@ -14,7 +14,8 @@ namespace KestrelProactor.IoUring;
 /// <list type="bullet">
 /// <item>submissions: a send (copied or zero-copy) is shortened (the kernel sends less, the connection sends the rest)
 /// or turned into a NOP that fails with EAGAIN; a zero-copy send into one that fails with EOPNOTSUPP (the socket has no
-/// zero-copy: no notification follows, and the connection copies from then on); a ring-tier receive is turned into a NOP that fails with ENOBUFS (retried once a buffer is
+/// zero-copy: the connection copies from then on); such a zero-copy NOP's result gets F_MORE and a notification
+/// follows, as the kernel answers a zero-copy send that failed once prepared; a ring-tier receive is turned into a NOP that fails with ENOBUFS (retried once a buffer is
 /// there) or ECANCELED;</item>
 /// <item>completions: a receive is split in two (a prefix in its buffer, the rest copied after it), or fails with
 /// ECONNRESET/ETIMEDOUT (a buffer it carried still goes back), or is preceded by an ENOBUFS that keeps F_MORE; a send fails
@@ -125,7 +126,7 @@ internal sealed unsafe partial class IoUringDispatcher
         }
     }
 
-    private void HandleCompletionWithFaults(in io_uring_cqe cqe)
+    private void HandleCompletionWithFaults(io_uring_cqe cqe)
     {
         IoUringFaultInjector faults = _faults!;
         faults.Completions++;
@@ -135,6 +136,14 @@ internal sealed unsafe partial class IoUringDispatcher
         {
             HandleCompletion(cqe);
             return;
+        }
+
+        // A zero-copy send a fault failed (a NOP) is answered as the kernel answers one that failed after its
+        // preparation (6.0+): F_MORE on the result, and a notification after it, a few passes later.
+        bool notificationFollows = zeroCopy && (cqe.flags & IORING_CQE_F_NOTIF) == 0 && faults.TakeZeroCopyNop(userData);
+        if (notificationFollows)
+        {
+            cqe.flags |= IORING_CQE_F_MORE;
         }
 
         // One owner's completions keep their order: behind a held one, the next is held too.
@@ -147,10 +156,16 @@ internal sealed unsafe partial class IoUringDispatcher
             }
 
             faults.Hold(cqe, key);
-            return;
+        }
+        else
+        {
+            DeliverWithFaults(cqe);
         }
 
-        DeliverWithFaults(cqe);
+        if (notificationFollows)
+        {
+            faults.Hold(new io_uring_cqe { user_data = userData, res = 0, flags = IORING_CQE_F_NOTIF }, key);
+        }
     }
 
     /// <summary>A completion, perhaps changed the way the kernel could have answered.</summary>
@@ -278,8 +293,8 @@ internal sealed unsafe partial class IoUringDispatcher
             bool zeroCopy = sqe->opcode is IORING_OP_SEND_ZC or IORING_OP_SENDMSG_ZC;
             if (zeroCopy && faults.Next(0, 4) == 0 && faults.Plan.Allows("zero-copy-refused"))
             {
-                // The socket has no zero-copy (as a Unix domain socket answers): nothing sent, no notification; the
-                // connection's sends are copied from now on, this one first.
+                // The socket has no zero-copy (as a Unix domain socket answers): nothing sent, a notification still
+                // follows; the connection's sends are copied from now on, this one first.
                 faults.Plan.Count("zero-copy EOPNOTSUPP");
                 InjectResult(sqe, -Errno.EOPNOTSUPP);
                 return;

@@ -105,6 +105,11 @@ internal sealed unsafe partial class IoUringDispatcher
         {
             // Counted in flight for the connection as any send; named by its block.
             sqe->user_data = ZeroCopyUserData(block);
+            if (_faults is not null && sqe->opcode == IORING_OP_NOP)
+            {
+                // The fault layer made it a NOP that fails it: its result is given the kernel's flags at completion.
+                _faults.NoteZeroCopyNop(sqe->user_data);
+            }
         }
 
         connection.SendState = block;
@@ -204,8 +209,8 @@ internal sealed unsafe partial class IoUringDispatcher
             return;
         }
 
-        // The result. The send is over for the connection; a notification follows when F_MORE says so (a send
-        // that failed before it pinned anything has none).
+        // The result. The send is over for the connection; a notification follows when F_MORE says so (from 6.0 on,
+        // a send that fails once the kernel prepared it has one too; one refused earlier has none).
         ProactorConnection connection = block.Connection!;
         ReadOnlySequence<byte> buffer = block.Buffer;
         IOperationOwner? owner = EndZeroCopySend(block, cqe.flags);

@@ -134,7 +134,9 @@ internal sealed unsafe partial class IoUringDispatcher
         // abandoned (an accept-kind NOP must not be read as an accepted descriptor 0) and counted off here: the kernel
         // never saw it, so it holds nothing of its owner's, which is then released as done rather than kept with its
         // memory, and a zero-copy send's block lets go of its pool blocks.
+        // Memory writes and closes first, so nothing that may throw stands between an untaken close and its descriptor.
         (uint start, uint end) = ring.UntakenSubmissions;
+        var untaken = new List<ulong>();
         for (uint position = start; position != end; position++)
         {
             io_uring_sqe* sqe = ring.SqeAt(position);
@@ -144,13 +146,26 @@ internal sealed unsafe partial class IoUringDispatcher
             {
                 Sys.close(sqe->fd);
             }
+            else
+            {
+                untaken.Add(userData);
+            }
 
             *sqe = default;
             sqe->opcode = IORING_OP_NOP;
             sqe->user_data = close ? userData : AbandonedUserData;
-            if (!close)
+        }
+
+        foreach (ulong userData in untaken)
+        {
+            try
             {
                 CountOffUntaken(userData);
+            }
+            catch (Exception ex)
+            {
+                // A pool's return threw: that one operation's books stay as they were (its owner kept as maybe-live).
+                Internal.ProactorLog.WorkItemFault(Logger, Id, ex);
             }
         }
 
@@ -204,10 +219,17 @@ internal sealed unsafe partial class IoUringDispatcher
         }
 
         IOperationOwner? owner = Table.OnCompleted(userData, final: true);
-        if (OperationToken.KindOf(userData) == OperationKind.Send
-            && owner is Internal.ProactorConnection { SendState: IoUringSendBlock block } connection)
+        RecycleCopiedSendAfterFailure(owner, OperationToken.KindOf(userData));
+    }
+
+    /// <summary>
+    /// A copied send that is over for the kernel after a failure (never taken, or its completion read): its block (the
+    /// native header, the pins) is idle again, so the teardown frees it. A zero-copy block has books of its own.
+    /// </summary>
+    private void RecycleCopiedSendAfterFailure(IOperationOwner? owner, OperationKind kind)
+    {
+        if (kind == OperationKind.Send && owner is Internal.ProactorConnection { SendState: IoUringSendBlock { IsZeroCopy: false } block } connection)
         {
-            // A copied send's block (its native header) is idle again, so the teardown frees it.
             connection.SendState = null;
             RecycleSendBlock(block);
         }

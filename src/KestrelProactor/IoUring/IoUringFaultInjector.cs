@@ -13,6 +13,8 @@ internal sealed class IoUringFaultInjector
     // Completions held back, in arrival order, with the pass from which they may go on and the key that keeps one
     // owner's completions in their order (an owner's completions are never reordered among themselves).
     private readonly List<(io_uring_cqe Cqe, ulong Key, long DuePass)> _held = new();
+    // Zero-copy sends a fault turned into NOPs, by user data: their results get F_MORE and a notification follows.
+    private readonly HashSet<ulong> _zeroCopyNops = new();
 
     public IoUringFaultInjector(IoUringFaultPlan plan, int dispatcherId)
     {
@@ -51,6 +53,12 @@ internal sealed class IoUringFaultInjector
     /// <summary>Whether this dispatcher is the one the plan kills, and how.</summary>
     public IoUringKillMode KillMode
         => Plan.AllowKill && !Killed && DispatcherId == Plan.KillDispatcher ? Plan.KillMode : IoUringKillMode.None;
+
+    /// <summary>A zero-copy send (by its user data) went out as a NOP that fails it.</summary>
+    public void NoteZeroCopyNop(ulong userData) => _zeroCopyNops.Add(userData);
+
+    /// <summary>Whether this completion is the result of such a NOP (once).</summary>
+    public bool TakeZeroCopyNop(ulong userData) => _zeroCopyNops.Remove(userData);
 
     public bool IsHeld(ulong key)
     {
