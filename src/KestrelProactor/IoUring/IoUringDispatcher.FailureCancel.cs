@@ -30,8 +30,9 @@ internal sealed unsafe partial class IoUringDispatcher
         io_uring_sqe* sqe = ring.TryGetSqe();
         if (sqe is null)
         {
-            // A full SQ: every entry in it is a NOP by now (the salvage made them so), so one enter that takes them
-            // makes room for the cancel. If the kernel takes none, the ring's exit work cancels.
+            // A full SQ: every entry this thread can still submit is a NOP by now (the salvage made them so; with a
+            // polling thread, what was published it takes anyway), so one enter that takes them makes room for the
+            // cancel. If the kernel takes none, the ring's exit work cancels.
             if (!IsTransientEnterResult(ring.SubmitAndWait(0)) || (sqe = ring.TryGetSqe()) is null)
             {
                 return;
