@@ -96,9 +96,10 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
 
     public static IConnectionListener Bind(ProactorBackend backend, EndPoint endpoint, ProactorTransportOptions options, ILogger logger)
     {
-        if (options.AcceptOnEveryDispatcher && backend.Dispatchers.Length > 1 && ProactorListenerGroup.CanSpread(backend, endpoint))
+        if (options.AcceptOnEveryDispatcher && ProactorListenerGroup.CanSpread(endpoint)
+            && ProactorListenerGroup.LiveDispatchers(backend) is { Length: > 1 } dispatchers)
         {
-            return ProactorListenerGroup.Bind(backend, (IPEndPoint)endpoint, options, logger);
+            return ProactorListenerGroup.Bind(backend, dispatchers, (IPEndPoint)endpoint, options, logger);
         }
 
         Socket socket = BindSocket(endpoint, options, reusePort: false);
@@ -323,7 +324,7 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
 
         _acceptStopHandled = true;
         _retryTimer?.Dispose();
-        _listenSocket.Dispose();
+        CloseListenSocket();
         _acceptDispatcher.Unregister(this);
         EndAccepting(null);
         _acceptStopped.TrySetResult();
@@ -378,7 +379,7 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
 
                 // Stopping (an unbind or the transport's own stop) or nowhere to go: close the port. Kestrel's next
                 // accept sees the failure, or the end of accepting when this was a stop.
-                _listenSocket.Dispose();
+                CloseListenSocket();
                 EndAccepting(current.HasFailed && !_unbinding
                     ? new IOException($"The dispatcher that accepted on {DisplayName} stopped on an unrecoverable error.", error)
                     : null);
@@ -395,6 +396,28 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
             ProactorLog.ListenerMoved(_logger, DisplayName, next.Id);
             next.Schedule(static state => ((ProactorConnectionListener)state!).StartOnDispatcher(), this);
         }
+    }
+
+    /// <summary>
+    /// Closes the listen socket. Shut down first: a kernel queue that could not be closed may still hold an accept on
+    /// it, which keeps the socket listening after its descriptor is gone (with SO_REUSEPORT, still taking its share of
+    /// the port's connections); a shutdown stops it listening and resets its backlog whoever holds it.
+    /// </summary>
+    private void CloseListenSocket()
+    {
+        try
+        {
+            _listenSocket.Shutdown(SocketShutdown.Both);
+        }
+        catch (SocketException)
+        {
+            // Not listening (never was, or already shut): the close is all there is to do.
+        }
+        catch (ObjectDisposedException)
+        {
+        }
+
+        _listenSocket.Dispose();
     }
 
     /// <summary>Accepting ended here: the queue Kestrel reads ends with it, or, in a group, once every member's has.</summary>

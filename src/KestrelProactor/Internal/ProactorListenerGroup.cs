@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using System.Threading.Channels;
 using KestrelProactor.Dispatching;
 using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Server.Kestrel.Transport.Sockets;
 using Microsoft.Extensions.Logging;
 
 namespace KestrelProactor.Internal;
@@ -47,29 +48,41 @@ internal sealed class ProactorListenerGroup : IConnectionListener
     /// Whether an endpoint can be spread: TCP over IP on Linux, with two or more dispatchers running. A Unix domain
     /// socket has no SO_REUSEPORT spreading, and IOCP accepts through one socket.
     /// </summary>
-    public static bool CanSpread(ProactorBackend backend, EndPoint endpoint)
-        => OperatingSystem.IsLinux() && endpoint is IPEndPoint && LiveDispatchers(backend).Length > 1;
+    public static bool CanSpread(EndPoint endpoint) => OperatingSystem.IsLinux() && endpoint is IPEndPoint;
 
-    public static IConnectionListener Bind(ProactorBackend backend, IPEndPoint endpoint, ProactorTransportOptions options, ILogger logger)
+    /// <summary>The dispatchers a group would spread over now: those running (a group needs two or more).</summary>
+    public static ProactorDispatcher[] LiveDispatchers(ProactorBackend backend)
+        => backend.Dispatchers.Where(static d => !d.HasFailed && !d.HasEnded && !d.StopRequested).ToArray();
+
+    public static IConnectionListener Bind(ProactorBackend backend, ProactorDispatcher[] dispatchers, IPEndPoint endpoint, ProactorTransportOptions options, ILogger logger)
     {
-        ProactorDispatcher[] dispatchers = LiveDispatchers(backend);
         if (endpoint.Port != 0)
         {
             // A port someone already listens on fails here, as it would without the option, rather than joining
-            // that listener's group when it also set SO_REUSEPORT (same user).
-            ProactorConnectionListener.BindSocket(endpoint, options, reusePort: false).Dispose();
+            // that listener's group when it also set SO_REUSEPORT (same user). A bind alone tells; nothing listens.
+            try
+            {
+                SocketTransportOptions.CreateDefaultBoundListenSocket(endpoint).Dispose();
+            }
+            catch (SocketException ex) when (ex.SocketErrorCode == SocketError.AddressAlreadyInUse)
+            {
+                throw new AddressInUseException(ex.Message, ex);
+            }
         }
 
+        var group = new ProactorListenerGroup();
         var sockets = new List<Socket>(dispatchers.Length);
+        var members = new ProactorConnectionListener[dispatchers.Length];
         try
         {
             EndPoint bindTo = endpoint;
-            foreach (ProactorDispatcher _ in dispatchers)
+            for (int i = 0; i < dispatchers.Length; i++)
             {
                 Socket socket = ProactorConnectionListener.BindSocket(bindTo, options, reusePort: true);
                 sockets.Add(socket);
                 // Port 0: the first socket's port is the group's.
                 bindTo = socket.LocalEndPoint!;
+                members[i] = ProactorConnectionListener.CreateMember(backend, dispatchers[i], socket, options, logger, group);
             }
         }
         catch
@@ -80,13 +93,6 @@ internal sealed class ProactorListenerGroup : IConnectionListener
             }
 
             throw;
-        }
-
-        var group = new ProactorListenerGroup();
-        var members = new ProactorConnectionListener[dispatchers.Length];
-        for (int i = 0; i < members.Length; i++)
-        {
-            members[i] = ProactorConnectionListener.CreateMember(backend, dispatchers[i], sockets[i], options, logger, group);
         }
 
         group._members = members;
@@ -169,11 +175,10 @@ internal sealed class ProactorListenerGroup : IConnectionListener
             _firstError ??= error;
             if (--_live == 0)
             {
-                Accepted.Writer.TryComplete(_unbinding ? null : _firstError);
+                // An error ends Kestrel's accepts only when the last member to end failed: a stop after an old
+                // failure of one member ends them quietly.
+                Accepted.Writer.TryComplete(_unbinding || error is null ? null : _firstError);
             }
         }
     }
-
-    private static ProactorDispatcher[] LiveDispatchers(ProactorBackend backend)
-        => backend.Dispatchers.Where(static d => !d.HasFailed && !d.HasEnded && !d.StopRequested).ToArray();
 }
