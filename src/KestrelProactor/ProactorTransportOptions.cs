@@ -137,6 +137,17 @@ public sealed class ProactorTransportOptions
     public bool DispatcherAffinity { get; set; }
 
     /// <summary>
+    /// Accepts on every dispatcher: each TCP endpoint gets one listen socket per dispatcher, bound with SO_REUSEPORT,
+    /// and the kernel spreads incoming connections over them; each dispatcher accepts its own connections and keeps
+    /// them, instead of one dispatcher accepting for the endpoint and handing every other connection to another
+    /// ring's thread. Each socket has its own backlog of <see cref="Backlog"/>, and the spread follows a hash of the
+    /// connection's addresses, not the dispatchers' load. Linux only; Unix domain sockets, listen handles and IOCP
+    /// keep one listen socket per endpoint.
+    /// </summary>
+    /// <remarks>Defaults to <c>false</c>.</remarks>
+    public bool AcceptOnEveryDispatcher { get; set; }
+
+    /// <summary>
     /// Disables multishot accept and multishot receive even where the kernel has them (single-shot operations
     /// are re-armed after each completion instead). For testing the older-kernel tier.
     /// </summary>

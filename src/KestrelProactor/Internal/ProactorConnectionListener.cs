@@ -32,20 +32,27 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
     private readonly Socket _listenSocket;
     private readonly ProactorTransportOptions _options;
     private readonly ILogger _logger;
-    private readonly Channel<ProactorConnection> _accepted = Channel.CreateUnbounded<ProactorConnection>(
-        new UnboundedChannelOptions { SingleReader = true, SingleWriter = true, AllowSynchronousContinuations = false });
+    private readonly Channel<ProactorConnection> _accepted;
+    private readonly ProactorListenerGroup? _group;
     private readonly TaskCompletionSource _acceptStopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly bool _isTcp;
     private volatile bool _unbinding;
     private bool _acceptStopHandled;
+    private int _acceptingEnded;
     private int _retryDelayMs;
     private Timer? _retryTimer;
     private ProactorDispatcher? _registeredOn;
 
-    private ProactorConnectionListener(ProactorBackend backend, Socket listenSocket, ProactorTransportOptions options, ILogger logger)
+    private ProactorConnectionListener(
+        ProactorBackend backend, ProactorDispatcher acceptDispatcher, Socket listenSocket, ProactorTransportOptions options, ILogger logger,
+        ProactorListenerGroup? group = null)
     {
         _backend = backend;
-        _acceptDispatcher = backend.NextDispatcher();
+        _acceptDispatcher = acceptDispatcher;
+        _group = group;
+        // A group's members share the group's queue, each writing from its own dispatcher.
+        _accepted = group?.Accepted ?? Channel.CreateUnbounded<ProactorConnection>(
+            new UnboundedChannelOptions { SingleReader = true, SingleWriter = true, AllowSynchronousContinuations = false });
         _listenSocket = listenSocket;
         _options = options;
         _logger = logger;
@@ -54,6 +61,12 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
     }
 
     public EndPoint EndPoint { get; }
+
+    /// <summary>The dispatcher this listener accepts on (read racily, for tests).</summary>
+    internal ProactorDispatcher AcceptDispatcher => _acceptDispatcher;
+
+    /// <summary>Connections this listener accepted and made (read racily, for tests).</summary>
+    internal long AcceptedConnections { get; private set; }
 
     public OperationToken Token { get; set; }
 
@@ -83,10 +96,30 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
 
     public static IConnectionListener Bind(ProactorBackend backend, EndPoint endpoint, ProactorTransportOptions options, ILogger logger)
     {
+        if (options.AcceptOnEveryDispatcher && ProactorListenerGroup.CanSpread(endpoint)
+            && ProactorListenerGroup.LiveDispatchers(backend) is { Length: > 1 } dispatchers)
+        {
+            return ProactorListenerGroup.Bind(backend, dispatchers, (IPEndPoint)endpoint, options, logger);
+        }
+
+        Socket socket = BindSocket(endpoint, options, reusePort: false);
+        var listener = new ProactorConnectionListener(backend, backend.NextDispatcher(), socket, options, logger);
+        listener.Start();
+        return listener;
+    }
+
+    /// <summary>A member of <paramref name="group"/>: accepts from its own listen socket on <paramref name="dispatcher"/>.</summary>
+    internal static ProactorConnectionListener CreateMember(
+        ProactorBackend backend, ProactorDispatcher dispatcher, Socket listenSocket, ProactorTransportOptions options, ILogger logger, ProactorListenerGroup group)
+        => new(backend, dispatcher, listenSocket, options, logger, group);
+
+    /// <summary>A listen socket bound to <paramref name="endpoint"/> and listening; with SO_REUSEPORT first when asked.</summary>
+    internal static Socket BindSocket(EndPoint endpoint, ProactorTransportOptions options, bool reusePort)
+    {
         Socket socket;
         try
         {
-            socket = SocketTransportOptions.CreateDefaultBoundListenSocket(endpoint);
+            socket = reusePort ? ProactorListenerGroup.CreateReusePortSocket((IPEndPoint)endpoint) : SocketTransportOptions.CreateDefaultBoundListenSocket(endpoint);
         }
         catch (SocketException ex) when (ex.SocketErrorCode == SocketError.AddressAlreadyInUse)
         {
@@ -103,10 +136,11 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
             throw;
         }
 
-        var listener = new ProactorConnectionListener(backend, socket, options, logger);
-        listener._acceptDispatcher.Schedule(static state => ((ProactorConnectionListener)state!).StartOnDispatcher(), listener);
-        return listener;
+        return socket;
     }
+
+    internal void Start()
+        => _acceptDispatcher.Schedule(static state => ((ProactorConnectionListener)state!).StartOnDispatcher(), this);
 
     private void StartOnDispatcher()
     {
@@ -158,10 +192,12 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
                 }
                 else
                 {
-                    ProactorDispatcher target = _backend.NextDispatcher();
+                    // A group's member keeps each connection on the dispatcher that accepted it: no hop to start it.
+                    ProactorDispatcher target = _group is null ? _backend.NextDispatcher() : _acceptDispatcher;
                     target.ConfigureAcceptedSocket(acceptedSocket, _isTcp && _options.NoDelay);
                     var connection = new ProactorConnection(target, acceptedSocket, _isTcp, local, remote, _logger);
                     acceptedSocket = null;
+                    AcceptedConnections++;
                     if (_accepted.Writer.TryWrite(connection))
                     {
                         // Start receiving now rather than when Kestrel's accept loop, a thread hop away, takes it:
@@ -288,9 +324,9 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
 
         _acceptStopHandled = true;
         _retryTimer?.Dispose();
-        _listenSocket.Dispose();
+        CloseListenSocket();
         _acceptDispatcher.Unregister(this);
-        _accepted.Writer.TryComplete();
+        EndAccepting(null);
         _acceptStopped.TrySetResult();
     }
 
@@ -343,15 +379,10 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
 
                 // Stopping (an unbind or the transport's own stop) or nowhere to go: close the port. Kestrel's next
                 // accept sees the failure, or the end of accepting when this was a stop.
-                _listenSocket.Dispose();
-                if (current.HasFailed && !_unbinding)
-                {
-                    _accepted.Writer.TryComplete(new IOException($"The dispatcher that accepted on {DisplayName} stopped on an unrecoverable error.", error));
-                }
-                else
-                {
-                    _accepted.Writer.TryComplete();
-                }
+                CloseListenSocket();
+                EndAccepting(current.HasFailed && !_unbinding
+                    ? new IOException($"The dispatcher that accepted on {DisplayName} stopped on an unrecoverable error.", error)
+                    : null);
 
                 _acceptStopped.TrySetResult();
                 return;
@@ -364,6 +395,47 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
             _acceptDispatcher = next;
             ProactorLog.ListenerMoved(_logger, DisplayName, next.Id);
             next.Schedule(static state => ((ProactorConnectionListener)state!).StartOnDispatcher(), this);
+        }
+    }
+
+    /// <summary>
+    /// Closes the listen socket. Shut down first: a kernel queue that could not be closed may still hold an accept on
+    /// it, which keeps the socket listening after its descriptor is gone (with SO_REUSEPORT, still taking its share of
+    /// the port's connections); a shutdown stops it listening and resets its backlog whoever holds it.
+    /// </summary>
+    private void CloseListenSocket()
+    {
+        try
+        {
+            _listenSocket.Shutdown(SocketShutdown.Both);
+        }
+        catch (SocketException)
+        {
+            // Not listening (never was, or already shut): the close is all there is to do.
+        }
+        catch (ObjectDisposedException)
+        {
+        }
+
+        _listenSocket.Dispose();
+    }
+
+    /// <summary>Accepting ended here: the queue Kestrel reads ends with it, or, in a group, once every member's has.</summary>
+    private void EndAccepting(Exception? error)
+    {
+        if (Interlocked.Exchange(ref _acceptingEnded, 1) != 0)
+        {
+            // Once per listener: a group counts its members' ends.
+            return;
+        }
+
+        if (_group is null)
+        {
+            _accepted.Writer.TryComplete(error);
+        }
+        else
+        {
+            _group.OnMemberEnded(error);
         }
     }
 

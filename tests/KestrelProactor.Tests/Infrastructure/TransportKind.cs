@@ -42,6 +42,9 @@ public enum TransportKind
 
     /// <summary>An aborted connection ends with FIN instead of RST (<see cref="ProactorTransportOptions.FinOnError"/>).</summary>
     ProactorFinOnError,
+
+    /// <summary>A listen socket per dispatcher for each TCP endpoint (<see cref="ProactorTransportOptions.AcceptOnEveryDispatcher"/>).</summary>
+    ProactorAcceptEverywhere,
 }
 
 internal static class TransportFactories

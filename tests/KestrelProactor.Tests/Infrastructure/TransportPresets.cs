@@ -37,6 +37,9 @@ internal static class TransportPresets
             case TransportKind.ProactorFinOnError:
                 options.FinOnError = true;
                 break;
+            case TransportKind.ProactorAcceptEverywhere:
+                options.AcceptOnEveryDispatcher = true;
+                break;
         }
     }
 
