@@ -183,8 +183,9 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
             else
             {
                 // Kestrel reads both endpoints of every connection at its start, so they are looked up here
-                // once. A peer that is already gone (reset while it waited in the backlog) has no remote
-                // address: that connection is dropped and the next one accepted, as the contract asks.
+                // once. A peer that reset while it waited in the backlog still has its address (the backend asks
+                // as accept does), so the connection goes to Kestrel, which sees the reset, as with its socket
+                // transport; one whose addresses cannot be read at all is dropped and the next one accepted.
                 if (!_acceptDispatcher.TryGetEndPoint(acceptedSocket, local: false, out EndPoint? remote) ||
                     !_acceptDispatcher.TryGetEndPoint(acceptedSocket, local: true, out EndPoint? local))
                 {

@@ -200,6 +200,25 @@ internal sealed unsafe partial class IoUringDispatcher
         uint length = MaxAddress;
         int fd = FdOf(socket);
         int result = local ? Sys.getsockname(fd, buffer, &length) : Sys.getpeername(fd, buffer, &length);
+        if (result != 0 && !local)
+        {
+            // A peer that reset the connection while it waited in the backlog: getpeername says ENOTCONN, but the
+            // address is still known (SO_PEERNAME asks as accept does), and the connection goes to the application
+            // as with Kestrel's socket transport, whose accept reports that address.
+            // The kernel wants a length no longer than the address: an IPv6 one (28 bytes), else an IPv4 one (16).
+            const int SolSocket = 1;
+            const int SoPeerName = 28;
+            foreach (uint size in (ReadOnlySpan<uint>)[28, 16])
+            {
+                length = size;
+                result = Sys.getsockopt(fd, SolSocket, SoPeerName, buffer, &length);
+                if (result == 0)
+                {
+                    break;
+                }
+            }
+        }
+
         if (result != 0 || length < 2)
         {
             endPoint = null;
