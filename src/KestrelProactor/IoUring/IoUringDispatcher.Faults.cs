@@ -26,7 +26,7 @@ namespace KestrelProactor.IoUring;
 /// </list>
 /// F_MORE is never cleared: a multishot operation that a fault ended for its owner is still armed in the kernel, and
 /// the owner's close cancels it, as after a real error that leaves it armed. Faults that lose or break the bytes of a
-/// connection name its client port (<see cref="IoUringFaultPlan.TouchedPorts"/>); the others must be invisible.
+/// connection name its client port (<see cref="ProactorFaultPlan.TouchedPorts"/>); the others must be invisible.
 /// </summary>
 internal sealed unsafe partial class IoUringDispatcher
 {
