@@ -281,6 +281,11 @@ internal sealed unsafe partial class IocpDispatcher : ProactorDispatcher
                     state.Leak();
                     break;
                 case ProactorConnectionListener { BackendState: IocpOperation accept }:
+                    // The socket an AcceptEx in flight fills may already be connected (the OS finished the accept and
+                    // its packet was never dequeued): nobody else will ever close it, and its client would wait on it
+                    // for good. Closing it ends the AcceptEx too; the block it writes into stays leaked.
+                    accept.AcceptSocket?.Dispose();
+                    accept.AcceptSocket = null;
                     accept.Leak();
                     break;
             }

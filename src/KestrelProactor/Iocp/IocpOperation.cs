@@ -81,6 +81,9 @@ internal sealed unsafe class IocpOperation
         header->Bytes = 0;
     }
 
+    /// <summary>For tests: the OS has finished the operation (its status left STATUS_PENDING), dequeued or not.</summary>
+    internal bool FinishedInKernelForTests => (uint)Header->Overlapped.Internal != NtStatus.STATUS_PENDING;
+
     /// <summary>Frees the native block; only once no operation of this slot can be in flight.</summary>
     public void Free()
     {
