@@ -76,6 +76,8 @@ while [ "$seed" -le "$last" ]; do
   timeout $(( 60 + count * 60 )) "${host[@]}" \
     --first "$seed" --seeds "$count" --rate "$rate" $verbose >"$log" 2>&1
   status=$?
+  # A Windows program ends its lines with CR LF.
+  sed -i 's/\r$//' "$log"
   # Per seed: its line, the lines under it when it failed; a failing seed gets its replay command.
   awk -v verbose="$verbose" -v rate_arg="$rate_arg" '
     /^seed [0-9]+: / { s = $2; sub(":", "", s); bad = ($3 != "ok"); if (bad || verbose != "") print; if (bad) print "  replay: tests/fault-injection/run.sh --seed " s rate_arg; next }

@@ -1,5 +1,7 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Net;
+using KestrelProactor.Internal;
 
 namespace KestrelProactor.Dispatching;
 
@@ -78,7 +80,34 @@ internal abstract class ProactorFaultPlan
         }
     }
 
-    internal void RecordKill(int dispatcherId) => _killed.TryAdd(dispatcherId, Stopwatch.GetTimestamp());
+    /// <summary>A fault that touched <paramref name="connection"/>: counted, and its client port listed.</summary>
+    internal void Fault(ProactorConnection connection, string fault)
+    {
+        Count(fault);
+        Touch(PortOf(connection), fault);
+    }
+
+    /// <summary>
+    /// <paramref name="dispatcher"/> is being killed (on its thread, before its loop throws): every connection on it is
+    /// touched, and the kill is recorded and counted.
+    /// </summary>
+    internal void RecordKill(ProactorDispatcher dispatcher, string how)
+    {
+        foreach (IOperationOwner owner in dispatcher.OwnersForTests())
+        {
+            if (owner is ProactorConnection connection)
+            {
+                Touch(PortOf(connection), "killed dispatcher");
+                Trace?.Invoke($"kill #{dispatcher.Id}: port {PortOf(connection)} inFlight={dispatcher.InFlightOf(connection)} {connection.DescribeForTests()}");
+            }
+        }
+
+        _killed.TryAdd(dispatcher.Id, Stopwatch.GetTimestamp());
+        Count("kill: " + how);
+    }
+
+    /// <summary>The connection's client port (the peer's), which names it in <see cref="TouchedPorts"/>; 0 when unknown.</summary>
+    internal static int PortOf(ProactorConnection connection) => (connection.RemoteEndPoint as IPEndPoint)?.Port ?? 0;
 }
 
 /// <summary>

@@ -56,17 +56,7 @@ internal sealed unsafe partial class IoUringDispatcher
         faults.Killed = true;
         // What was held back is delivered first: the kernel had posted it, so the ring's end must see it.
         DeliverHeld(all: true);
-        foreach (IOperationOwner owner in OwnersForTests())
-        {
-            if (owner is ProactorConnection connection)
-            {
-                faults.Plan.Touch(PortOf(connection), "killed dispatcher");
-                faults.Plan.Trace?.Invoke($"kill #{Id}: port {PortOf(connection)} inFlight={Table.InFlightOf(connection)} {connection.DescribeForTests()}");
-            }
-        }
-
-        faults.Plan.RecordKill(Id);
-        faults.Plan.Count("kill: " + how);
+        faults.Plan.RecordKill(this, how);
     }
 
     /// <summary>An enter, unless the plan skips it and answers EINTR, EAGAIN or EBUSY (or EBADR, to kill).</summary>
@@ -317,13 +307,9 @@ internal sealed unsafe partial class IoUringDispatcher
         sqe->user_data = userData;
     }
 
-    private void Fault(ProactorConnection connection, string fault)
-    {
-        _faults!.Plan.Count(fault);
-        _faults.Plan.Touch(PortOf(connection), fault);
-    }
+    private void Fault(ProactorConnection connection, string fault) => _faults!.Plan.Fault(connection, fault);
 
-    private static int PortOf(ProactorConnection connection) => (connection.RemoteEndPoint as IPEndPoint)?.Port ?? 0;
+    private static int PortOf(ProactorConnection connection) => ProactorFaultPlan.PortOf(connection);
 
     private static int PeerPort(int fd)
     {

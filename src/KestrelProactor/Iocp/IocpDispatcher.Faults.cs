@@ -62,17 +62,7 @@ internal sealed unsafe partial class IocpDispatcher
         faults.Killed = true;
         // What was held back is delivered first: it had been dequeued, so the dispatcher's end must see it.
         DeliverHeld(all: true);
-        foreach (IOperationOwner owner in OwnersForTests())
-        {
-            if (owner is ProactorConnection connection)
-            {
-                faults.Plan.Touch(PortOf(connection), "killed dispatcher");
-                faults.Plan.Trace?.Invoke($"kill #{Id}: port {PortOf(connection)} inFlight={Table.InFlightOf(connection)} {connection.DescribeForTests()}");
-            }
-        }
-
-        faults.Plan.RecordKill(Id);
-        faults.Plan.Count("kill: " + name);
+        faults.Plan.RecordKill(this, name);
         throw new IocpException($"GetQueuedCompletionStatusEx failed: Win32 error {error} (fault plan)", error);
     }
 
@@ -245,13 +235,9 @@ internal sealed unsafe partial class IocpDispatcher
         }
     }
 
-    private void Fault(ProactorConnection connection, string fault)
-    {
-        _faults!.Plan.Count(fault);
-        _faults.Plan.Touch(PortOf(connection), fault);
-    }
+    private void Fault(ProactorConnection connection, string fault) => _faults!.Plan.Fault(connection, fault);
 
-    private static int PortOf(ProactorConnection connection) => (connection.RemoteEndPoint as IPEndPoint)?.Port ?? 0;
+    private static int PortOf(ProactorConnection connection) => ProactorFaultPlan.PortOf(connection);
 
     /// <summary>The client port of a completed AcceptEx, from the addresses it wrote.</summary>
     private static int AcceptedPeerPort(IocpOperation operation)

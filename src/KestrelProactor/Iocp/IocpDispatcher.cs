@@ -138,6 +138,7 @@ internal sealed unsafe partial class IocpDispatcher : ProactorDispatcher
     private void CompleteDeferred(object? state)
     {
         var operation = (IocpOperation)state!;
+        operation.DeferredPending = false;
         Complete(operation.Owner.Token.ToUserData(operation.Kind), operation.DeferredResult);
     }
 
@@ -145,6 +146,7 @@ internal sealed unsafe partial class IocpDispatcher : ProactorDispatcher
     private void Defer(IocpOperation operation, IoResult result)
     {
         operation.DeferredResult = result;
+        operation.DeferredPending = true;
         Schedule(_completeDeferred, operation);
     }
 

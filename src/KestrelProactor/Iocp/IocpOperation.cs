@@ -71,6 +71,9 @@ internal sealed unsafe class IocpOperation
     /// <summary>For a result known at submission (skip-on-success, a synchronous call): handled from the work queue.</summary>
     public IoResult DeferredResult { get; set; }
 
+    /// <summary>Its result is known and waits in the work queue: the OS is done with it and no packet will come.</summary>
+    public bool DeferredPending { get; set; }
+
     /// <summary>Clears the OVERLAPPED for reuse and stamps the owner's current user data.</summary>
     public void Prepare()
     {

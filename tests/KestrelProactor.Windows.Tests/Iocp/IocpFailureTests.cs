@@ -4,6 +4,7 @@ using KestrelProactor.Internal;
 using KestrelProactor.Iocp;
 using KestrelProactor.Tests.Contract;
 using KestrelProactor.Tests.Infrastructure;
+using Microsoft.AspNetCore.Connections;
 
 namespace KestrelProactor.Windows.Tests.Iocp;
 
@@ -86,5 +87,64 @@ public sealed class IocpFailureTests
         }
 
         Assert.Equal(0, received);
+    }
+
+    [Fact]
+    public async Task PortFails_WithASendInFlight_CancelsIt_ThePipeMemoryGoesBackToThePool()
+    {
+        Assert.SkipUnless(OperatingSystem.IsWindows(), "The IOCP backend exists only on Windows.");
+        var pool = new TrackingMemoryPool();
+        ProactorDispatcher? target = null;
+        bool sendInFlight = false;
+        await using (ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, memoryPool: pool))
+        {
+            (Socket client, ConnectionContext accepted) = await harness.ConnectAndAcceptAsync();
+            var connection = Assert.IsType<ProactorConnection>(accepted);
+            target = connection.Dispatcher;
+            ProactorDispatcher.TestLoopHook = d =>
+            {
+                // On the dispatcher thread: fail the port once a send is in flight. The client never reads, so one
+                // stays in flight once the socket's buffers are full.
+                if (ReferenceEquals(d, target) && connection.BackendState is IocpConnectionState { Send.InFlight: true, Send.DeferredPending: false })
+                {
+                    sendInFlight = true;
+                    throw new InvalidOperationException("injected completion port failure");
+                }
+            };
+            try
+            {
+                // 16 MiB the client never reads: the application's flushes wait on back-pressure meanwhile.
+                Task writing = Task.Run(async () =>
+                {
+                    byte[] chunk = new byte[64 * 1024];
+                    for (int i = 0; i < 256; i++)
+                    {
+                        await accepted.Transport.Output.WriteAsync(chunk);
+                    }
+                });
+                DateTime deadline = DateTime.UtcNow + TestTimeouts.Default;
+                while (!target.HasEnded && DateTime.UtcNow < deadline)
+                {
+                    target.Schedule(static _ => { }, null);
+                    await Task.Delay(20);
+                }
+
+                Assert.True(target.HasEnded, "The dispatcher did not fail with a send in flight.");
+                await Task.WhenAny(writing, Task.Delay(TestTimeouts.Default));
+            }
+            finally
+            {
+                ProactorDispatcher.TestLoopHook = null;
+            }
+
+            await accepted.DisposeAsync().AsTask().DefaultTimeout();
+            client.Dispose();
+        }
+
+        Assert.True(sendInFlight);
+        Assert.True(target!.HasFailed);
+        // Assert: the cancelled send's packet was read before the port closed, so the connection was released with
+        // nothing in flight and its output blocks went back instead of being kept for the OS for good.
+        await IocpTestServer.WaitUntilAsync(() => pool.Outstanding == 0, $"every pool block came back ({pool.Outstanding} out)");
     }
 }
