@@ -373,6 +373,11 @@ internal static class TcpTable
 {
     public static string Describe(IEnumerable<int> ports)
     {
+        if (!File.Exists("/proc/net/tcp"))
+        {
+            return "(no /proc/net/tcp here)";
+        }
+
         var lines = File.ReadAllLines("/proc/net/tcp").Skip(1).Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries)).ToArray();
         var found = new List<string>();
         foreach (int port in ports)

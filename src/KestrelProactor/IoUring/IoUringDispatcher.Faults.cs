@@ -28,7 +28,7 @@ namespace KestrelProactor.IoUring;
 /// </list>
 /// F_MORE is never cleared: a multishot operation that a fault ended for its owner is still armed in the kernel, and
 /// the owner's close cancels it, as after a real error that leaves it armed. Faults that lose or break the bytes of a
-/// connection name its client port (<see cref="IoUringFaultPlan.TouchedPorts"/>); the others must be invisible.
+/// connection name its client port (<see cref="ProactorFaultPlan.TouchedPorts"/>); the others must be invisible.
 /// </summary>
 internal sealed unsafe partial class IoUringDispatcher
 {
@@ -58,17 +58,7 @@ internal sealed unsafe partial class IoUringDispatcher
         faults.Killed = true;
         // What was held back is delivered first: the kernel had posted it, so the ring's end must see it.
         DeliverHeld(all: true);
-        foreach (IOperationOwner owner in OwnersForTests())
-        {
-            if (owner is ProactorConnection connection)
-            {
-                faults.Plan.Touch(PortOf(connection), "killed dispatcher");
-                faults.Plan.Trace?.Invoke($"kill #{Id}: port {PortOf(connection)} inFlight={Table.InFlightOf(connection)} {connection.DescribeForTests()}");
-            }
-        }
-
-        faults.Plan.RecordKill(Id);
-        faults.Plan.Count("kill: " + how);
+        faults.Plan.RecordKill(this, how);
     }
 
     /// <summary>An enter, unless the plan skips it and answers EINTR, EAGAIN or EBUSY (or EBADR, to kill).</summary>
@@ -369,13 +359,9 @@ internal sealed unsafe partial class IoUringDispatcher
         sqe->user_data = userData;
     }
 
-    private void Fault(ProactorConnection connection, string fault)
-    {
-        _faults!.Plan.Count(fault);
-        _faults.Plan.Touch(PortOf(connection), fault);
-    }
+    private void Fault(ProactorConnection connection, string fault) => _faults!.Plan.Fault(connection, fault);
 
-    private static int PortOf(ProactorConnection connection) => (connection.RemoteEndPoint as IPEndPoint)?.Port ?? 0;
+    private static int PortOf(ProactorConnection connection) => ProactorFaultPlan.PortOf(connection);
 
     private static int PeerPort(int fd)
     {

@@ -1,5 +1,4 @@
-using System.Collections.Concurrent;
-using System.Diagnostics;
+using KestrelProactor.Dispatching;
 
 namespace KestrelProactor.IoUring;
 
@@ -9,85 +8,26 @@ namespace KestrelProactor.IoUring;
 /// starts: each dispatcher created then takes its own injector (<see cref="IoUringFaultInjector"/>), seeded from this
 /// seed and its id, and a dispatcher created while it is null has none and pays one null check per completion.
 /// <para>
-/// The plan also keeps what a run's checks need: how many faults went in, of which kinds, which client ports a fault
-/// touched (a connection whose client port is listed may end with an error; any other must deliver every byte), and
-/// which dispatchers it killed on purpose.
+/// The books a run's checks read (faults by kind, touched client ports, kills) are the shared
+/// <see cref="ProactorFaultPlan"/>'s. The fault families (<see cref="ProactorFaultPlan.Only"/>): enter, hold, split,
+/// receive-error, enobufs-more, send-error, accept, close, shutdown, send-eagain, short-send, zero-copy-refused, receive-enobufs,
+/// receive-ecanceled.
 /// </para>
 /// </summary>
-internal sealed class IoUringFaultPlan
+internal sealed class IoUringFaultPlan(int seed, double rate) : ProactorFaultPlan(seed, rate, killModes: 6)
 {
-    private readonly ConcurrentDictionary<string, long> _counts = new();
-    private readonly ConcurrentDictionary<int, string> _touchedPorts = new();
-    private readonly ConcurrentDictionary<int, long> _killed = new();
-
-    public IoUringFaultPlan(int seed, double rate)
-    {
-        Seed = seed;
-        Rate = rate;
-        var random = new Random(seed);
-        // At most one dispatcher is killed, and only when the plan asks for kills: a run needs a dispatcher that lives.
-        KillMode = (IoUringKillMode)random.Next(0, 6);
-        KillDispatcher = random.Next(0, 2);
-        KillAfterCompletions = random.Next(20, 400);
-    }
-
     /// <summary>The plan the next dispatchers take; null (the default) injects nothing.</summary>
     internal static IoUringFaultPlan? Current { get; set; }
 
-    public int Seed { get; }
+    public IoUringKillMode KillMode => (IoUringKillMode)KillModeIndex;
 
-    /// <summary>The chance, per eligible event (a completion, a submission, an enter), that a fault goes in.</summary>
-    public double Rate { get; }
-
-    /// <summary>Whether this plan may kill a dispatcher (only with two or more: one must live).</summary>
-    public bool AllowKill { get; init; }
-
-    public IoUringKillMode KillMode { get; }
-
-    public int KillDispatcher { get; }
-
-    public long KillAfterCompletions { get; }
-
-    /// <summary>
-    /// The fault families this plan may inject (null: all): enter, hold, split, receive-error, enobufs-more, send-error,
-    /// accept, close, shutdown, send-eagain, short-send, zero-copy-refused, receive-enobufs, receive-ecanceled. For narrowing a failing seed down.
-    /// </summary>
-    public IReadOnlySet<string>? Only { get; init; }
-
-    /// <summary>Whether the plan injects faults of <paramref name="family"/>.</summary>
-    public bool Allows(string family) => Only is null || Only.Contains(family);
-
-    /// <summary>Where a plan reports what a kill found (for narrowing a failure down); null: nowhere.</summary>
-    public Action<string>? Trace { get; init; }
-
-    /// <summary>Faults injected so far, of every kind.</summary>
-    public long Injected => _counts.Values.Sum();
-
-    public IReadOnlyDictionary<string, long> Counts => _counts;
-
-    /// <summary>Client ports (the peers' ports) of connections a fault touched, with the first fault's name.</summary>
-    public IReadOnlyDictionary<int, string> TouchedPorts => _touchedPorts;
-
-    /// <summary>Dispatchers killed on purpose, with the <see cref="Stopwatch"/> timestamp of the kill.</summary>
-    public IReadOnlyDictionary<int, long> Killed => _killed;
+    public override string KillModeName => KillMode.ToString();
 
     internal IoUringFaultInjector CreateInjector(int dispatcherId)
         // Injected results are NOPs that carry them (IORING_NOP_INJECT_RESULT): an older kernel would answer 0 instead.
         => KernelVersion.AtLeast(6, 10)
             ? new(this, dispatcherId)
             : throw new PlatformNotSupportedException("Fault injection needs Linux 6.10 or later (NOPs that inject their result).");
-
-    internal void Count(string fault) => _counts.AddOrUpdate(fault, 1, static (_, n) => n + 1);
-
-    internal void Touch(int port, string fault)
-    {
-        if (port > 0)
-        {
-            _touchedPorts.TryAdd(port, fault);
-        }
-    }
-
-    internal void RecordKill(int dispatcherId) => _killed.TryAdd(dispatcherId, Stopwatch.GetTimestamp());
 }
 
 /// <summary>How a plan kills its dispatcher.</summary>

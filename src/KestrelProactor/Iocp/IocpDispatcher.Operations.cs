@@ -214,6 +214,16 @@ internal sealed unsafe partial class IocpDispatcher
                 // Pinned by RentReceiveMemory until the connection handles the completion.
                 header->Buffer.len = (uint)memory.Length;
                 header->Buffer.buf = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(memory.Span));
+                if (_faults is not null)
+                {
+                    ShortenReceive(header);
+                }
+            }
+
+            if (_faults is not null && FailsAtSubmission(connection, "WSARecv", out IoResult failure))
+            {
+                Defer(operation, failure);
+                return;
             }
 
             int result = Winsock.WSARecv(HandleOf(connection.Socket), &header->Buffer, 1, &header->Bytes, &header->Flags, &header->Overlapped, 0);
@@ -299,6 +309,16 @@ internal sealed unsafe partial class IocpDispatcher
         connection.SendState = block;
         Track(operation);
         operation.Prepare();
+        if (_faults is not null)
+        {
+            count = ShortenSend(block, count);
+            if (FailsAtSubmission(connection, "WSASend", out IoResult failure))
+            {
+                Defer(operation, failure);
+                return;
+            }
+        }
+
         IocpOperationHeader* header = operation.Header;
         int result = Winsock.WSASend(HandleOf(connection.Socket), block.Buffers, (uint)count, &header->Bytes, 0, &header->Overlapped, 0);
         if (result == 0)

@@ -45,6 +45,7 @@ internal sealed unsafe partial class IocpDispatcher : ProactorDispatcher
     public IocpDispatcher(int id, ProactorBackendContext context) : base(id, context)
     {
         _completeDeferred = CompleteDeferred;
+        _faults = IocpFaultPlan.Current?.CreateInjector(id);
     }
 
     public override string BackendName => "iocp";
@@ -76,12 +77,24 @@ internal sealed unsafe partial class IocpDispatcher : ProactorDispatcher
 
     protected override void PollCompletions(bool wait, long waitNanoseconds)
     {
+        if (_faults is not null)
+        {
+            BeginPassWithFaults();
+            // Held completions must not wait behind a sleep for new ones.
+            wait &= !_faults.HasHeld;
+        }
+
         uint removed = 0;
         if (!Kernel32.GetQueuedCompletionStatusEx(_portHandle, _entries, MaxEntries, &removed, wait ? Kernel32.INFINITE : 0, alertable: false))
         {
             int error = Marshal.GetLastPInvokeError();
             if (error == Kernel32.WAIT_TIMEOUT)
             {
+                if (_faults is not null)
+                {
+                    EndPassWithFaults();
+                }
+
                 return;
             }
 
@@ -97,6 +110,11 @@ internal sealed unsafe partial class IocpDispatcher : ProactorDispatcher
         {
             Context.Metrics.CompletionsPerWake.Record((int)removed);
         }
+
+        if (_faults is not null)
+        {
+            EndPassWithFaults();
+        }
     }
 
     private void HandlePacket(in Kernel32.OVERLAPPED_ENTRY entry)
@@ -108,17 +126,19 @@ internal sealed unsafe partial class IocpDispatcher : ProactorDispatcher
 
         // The OVERLAPPED is the first field of the operation's header; the user data follows it.
         var header = (IocpOperationHeader*)entry.lpOverlapped;
-        uint status = (uint)header->Overlapped.Internal;
-        IoResult result = status == NtStatus.STATUS_SUCCESS
-            ? IoResult.Success((int)entry.dwNumberOfBytesTransferred)
-            : IoResult.Failure(NtStatus.ToSocketError(status), unchecked((int)status), $"NTSTATUS 0x{status:X8}");
-        Complete(header->UserData, result);
+        Complete(header->UserData, PacketResult((uint)header->Overlapped.Internal, entry.dwNumberOfBytesTransferred));
     }
+
+    /// <summary>The result a packet carries: its status (left in <c>OVERLAPPED.Internal</c>) and bytes transferred.</summary>
+    private static IoResult PacketResult(uint status, uint bytes) => status == NtStatus.STATUS_SUCCESS
+        ? IoResult.Success((int)bytes)
+        : IoResult.Failure(NtStatus.ToSocketError(status), unchecked((int)status), $"NTSTATUS 0x{status:X8}");
 
     /// <summary>Handles a result known at submission; runs from the local work queue.</summary>
     private void CompleteDeferred(object? state)
     {
         var operation = (IocpOperation)state!;
+        operation.DeferredPending = false;
         Complete(operation.Owner.Token.ToUserData(operation.Kind), operation.DeferredResult);
     }
 
@@ -126,10 +146,22 @@ internal sealed unsafe partial class IocpDispatcher : ProactorDispatcher
     private void Defer(IocpOperation operation, IoResult result)
     {
         operation.DeferredResult = result;
+        operation.DeferredPending = true;
         Schedule(_completeDeferred, operation);
     }
 
     private void Complete(ulong userData, IoResult result)
+    {
+        if (_faults is not null)
+        {
+            CompleteWithFaults(userData, result);
+            return;
+        }
+
+        HandleCompletion(userData, result);
+    }
+
+    private void HandleCompletion(ulong userData, IoResult result)
     {
         OperationKind kind = OperationToken.KindOf(userData);
         IOperationOwner? owner = Table.OnCompleted(userData, final: true);
@@ -251,6 +283,11 @@ internal sealed unsafe partial class IocpDispatcher : ProactorDispatcher
                     state.Leak();
                     break;
                 case ProactorConnectionListener { BackendState: IocpOperation accept }:
+                    // The socket an AcceptEx in flight fills may already be connected (the OS finished the accept and
+                    // its packet was never dequeued): nobody else will ever close it, and its client would wait on it
+                    // for good. Closing it ends the AcceptEx too; the block it writes into stays leaked.
+                    accept.AcceptSocket?.Dispose();
+                    accept.AcceptSocket = null;
                     accept.Leak();
                     break;
             }

@@ -71,6 +71,9 @@ internal sealed unsafe class IocpOperation
     /// <summary>For a result known at submission (skip-on-success, a synchronous call): handled from the work queue.</summary>
     public IoResult DeferredResult { get; set; }
 
+    /// <summary>Its result is known and waits in the work queue: the OS is done with it and no packet will come.</summary>
+    public bool DeferredPending { get; set; }
+
     /// <summary>Clears the OVERLAPPED for reuse and stamps the owner's current user data.</summary>
     public void Prepare()
     {
@@ -80,6 +83,9 @@ internal sealed unsafe class IocpOperation
         header->Flags = 0;
         header->Bytes = 0;
     }
+
+    /// <summary>For tests: the OS has finished the operation (its status left STATUS_PENDING), dequeued or not.</summary>
+    internal bool FinishedInKernelForTests => (uint)Header->Overlapped.Internal != NtStatus.STATUS_PENDING;
 
     /// <summary>Frees the native block; only once no operation of this slot can be in flight.</summary>
     public void Free()

@@ -10,6 +10,8 @@ internal static unsafe partial class Interop
         private const string Library = "kernel32.dll";
 
         public const uint INFINITE = 0xFFFFFFFF;
+        public const int ERROR_INVALID_HANDLE = 6;
+        public const int ERROR_ABANDONED_WAIT_0 = 735;
         public const int ERROR_IO_PENDING = 997;
         public const int ERROR_NOT_FOUND = 1168;
         public const int WAIT_TIMEOUT = 258;

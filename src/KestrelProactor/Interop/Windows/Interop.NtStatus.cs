@@ -12,6 +12,7 @@ internal static partial class Interop
     internal static class NtStatus
     {
         public const uint STATUS_SUCCESS = 0x00000000;
+        public const uint STATUS_PENDING = 0x00000103;
         public const uint STATUS_HANDLES_CLOSED = 0x8000000A;
         public const uint STATUS_ACCESS_DENIED = 0xC0000022;
         public const uint STATUS_INVALID_HANDLE = 0xC0000008;

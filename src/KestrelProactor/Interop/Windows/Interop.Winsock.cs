@@ -12,6 +12,9 @@ internal static unsafe partial class Interop
         public const nint INVALID_SOCKET = -1;
         public const int SOCKET_ERROR = -1;
         public const int WSA_IO_PENDING = 997;
+        public const int WSAECONNABORTED = 10053;
+        public const int WSAECONNRESET = 10054;
+        public const int WSAENOTCONN = 10057;
 
         public const int AF_UNIX = 1;
         public const int AF_INET = 2;
