@@ -104,6 +104,15 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     /// <summary>Sends handed to the kernel, resubmissions of a short send included (for tests).</summary>
     public long SendsStarted { get; private set; }
 
+    /// <summary>System calls a flushing thread made to send, rather than this dispatcher (see <see cref="TrySendDirect"/>; for tests).</summary>
+    public long DirectSends => Volatile.Read(ref _directSends);
+
+    /// <summary>Bytes those calls handed to the kernel (for tests).</summary>
+    public long DirectSendBytes => Volatile.Read(ref _directSendBytes);
+
+    private long _directSends;
+    private long _directSendBytes;
+
     /// <summary>Output reads held back by <see cref="DeferOutputRead"/> (for tests).</summary>
     public long OutputReadsDeferred { get; private set; }
 
@@ -461,6 +470,35 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     protected abstract void SubmitSend(ProactorConnection connection, in ReadOnlySequence<byte> buffer);
 
     public abstract void SubmitShutdownWrite(ProactorConnection connection);
+
+    /// <summary>
+    /// True while this dispatcher is about to block in the kernel, or blocks there: a work item scheduled now costs
+    /// its producer a wake-up (read racily by flushing threads; see <see cref="ProactorConnection"/>'s direct sends).
+    /// </summary>
+    public bool IsSleeping => Volatile.Read(ref _sleeping) == 1;
+
+    /// <summary>Whether <see cref="TrySendDirect"/> may send from a thread other than this dispatcher's.</summary>
+    public virtual bool SupportsDirectSend => false;
+
+    /// <summary>
+    /// Sends <paramref name="buffer"/>, or as much of it as the socket takes at once, with a non-blocking system call on
+    /// the calling thread, which is not this dispatcher's: the connection's direct send (see
+    /// <see cref="ProactorTransportOptions.DirectSend"/>). The connection guarantees that nothing else of it sends
+    /// meanwhile and that its descriptor stays open; the backend holds a reference on the handle all the same.
+    /// Returns false, with nothing sent, when the ring should send this instead (a zero-copy send).
+    /// </summary>
+    public virtual bool TrySendDirect(ProactorConnection connection, in ReadOnlySequence<byte> buffer, out IoResult result)
+    {
+        result = default;
+        return false;
+    }
+
+    /// <summary>Counts a direct send's system call, which sent <paramref name="bytes"/> (any thread).</summary>
+    protected void CountDirectSend(long bytes)
+    {
+        Interlocked.Increment(ref _directSends);
+        Interlocked.Add(ref _directSendBytes, bytes);
+    }
 
     /// <summary>Cancels the owner's in-flight operation of <paramref name="kind"/>; its completion still arrives (ECANCELED or done).</summary>
     public abstract void SubmitCancel(IOperationOwner owner, OperationKind kind);

@@ -200,7 +200,9 @@ internal sealed partial class ProactorConnection
 
         _finished = true;
         bool keepInput = operationsMayBeLive && _receiveIntoPipe;
-        bool keepOutput = operationsMayBeLive && _sendActive;
+        // A flushing thread inside a direct send reads pipe memory too (a copying send, but the memory must not go
+        // to another connection meanwhile): its handle reference holds the descriptor, the quarantine the blocks.
+        bool keepOutput = (operationsMayBeLive && _sendActive) || Volatile.Read(ref _outputOwner) == OutputOwnedByFlusher;
         if (_sendActive && !Socket.IsClosed)
         {
             // The pages of a send (zero-copy ones above all) sit in the socket's queue until the peer acknowledges
