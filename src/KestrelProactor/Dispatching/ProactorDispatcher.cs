@@ -472,10 +472,19 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     public abstract void SubmitShutdownWrite(ProactorConnection connection);
 
     /// <summary>
-    /// True while this dispatcher is about to block in the kernel, or blocks there: a work item scheduled now costs
-    /// its producer a wake-up (read racily by flushing threads; see <see cref="ProactorConnection"/>'s direct sends).
+    /// True while this dispatcher blocks in the kernel's wait with nothing queued: a work item scheduled now costs its
+    /// producer a wake-up, and the dispatcher a context switch (read racily by flushing threads; see
+    /// <see cref="ProactorConnection"/>'s direct sends). Not while it handles the completions that woke it: a work
+    /// item then may still cost a wake-up (the flag below is reset only after the pass), but the sends it starts go
+    /// out together with the pass's other submissions, and a direct send each would cost more system calls than that.
     /// </summary>
-    public bool IsSleeping => Volatile.Read(ref _sleeping) == 1;
+    public bool IsSleeping => Volatile.Read(ref _waitingInKernel) == 1 && Volatile.Read(ref _sleeping) == 1;
+
+    // Set by the backend around its blocking wait (see SetWaitingInKernel); read racily, a hint only.
+    private int _waitingInKernel;
+
+    /// <summary>The backend is about to block in the kernel's wait (true), or has returned from it (false).</summary>
+    protected void SetWaitingInKernel(bool waiting) => Volatile.Write(ref _waitingInKernel, waiting ? 1 : 0);
 
     /// <summary>Whether <see cref="TrySendDirect"/> may send from a thread other than this dispatcher's.</summary>
     public virtual bool SupportsDirectSend => false;

@@ -65,6 +65,7 @@ public sealed class ConfigurationBindingTests
             "--Kestrel:Proactor:SubmissionQueuePolling=true",
             "--Kestrel:Proactor:SubmissionQueuePollingIdle=00:00:00.005",
             "--Kestrel:Proactor:DispatcherAffinity=true",
+            "--Kestrel:Proactor:DirectSend=true",
             "--Kestrel:Proactor:AllowSocketTransportFallback=false");
         builder.WebHost.UseProactorTransport(builder.Configuration.GetSection(ProactorTransportOptions.ConfigurationSectionName));
         await using WebApplication app = builder.Build();
@@ -83,6 +84,7 @@ public sealed class ConfigurationBindingTests
         Assert.True(options.SubmissionQueuePolling);
         Assert.Equal(TimeSpan.FromMilliseconds(5), options.SubmissionQueuePollingIdle);
         Assert.True(options.DispatcherAffinity);
+        Assert.True(options.DirectSend);
         Assert.False(options.AllowSocketTransportFallback);
         Assert.Equal(OperatingSystem.IsLinux() ? "io_uring" : "sockets", backend);
     }
