@@ -475,10 +475,11 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     /// True while this dispatcher blocks in the kernel's wait with nothing queued: a work item scheduled now costs its
     /// producer a wake-up, and the dispatcher a context switch (read racily by flushing threads; see
     /// <see cref="ProactorConnection"/>'s direct sends). Not while it handles the completions that woke it: a work
-    /// item then may still cost a wake-up (the flag below is reset only after the pass), but the sends it starts go
-    /// out together with the pass's other submissions, and a direct send each would cost more system calls than that.
+    /// item then may still cost a wake-up (<c>_sleeping</c> is reset only after the pass), but the sends such items
+    /// start go out with the pass's other submissions in one enter, where a direct send each costs a system call each
+    /// (measured at 256 connections: 1.45 system calls per request, against 0.64 through the ring).
     /// </summary>
-    public bool IsSleeping => Volatile.Read(ref _waitingInKernel) == 1 && Volatile.Read(ref _sleeping) == 1;
+    public bool IsBlockedInWait => Volatile.Read(ref _waitingInKernel) == 1 && Volatile.Read(ref _sleeping) == 1;
 
     // Set by the backend around its blocking wait (see SetWaitingInKernel); read racily, a hint only.
     private int _waitingInKernel;

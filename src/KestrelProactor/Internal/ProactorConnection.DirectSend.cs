@@ -60,7 +60,7 @@ internal sealed partial class ProactorConnection
         // whose held-back reads gather its flushes. An awake dispatcher batches the send with its pass for less than
         // a system call here costs.
         if (Volatile.Read(ref _outputOwner) != OutputParked
-            || !dispatcher.IsSleeping
+            || !dispatcher.IsBlockedInWait
             || dispatcher.IsOnDispatcherThread
             || (Volatile.Read(ref _sendsWithoutInput) >= 2 && dispatcher.DefersOutputReads))
         {

@@ -123,7 +123,7 @@ public class DirectSendTests
         try
         {
             // Wait until the dispatcher has parked its output read and sleeps, so the flush sends directly.
-            await Eventually.TrueAsync(() => proactor.DescribeForTests().Contains("outputOwner=1") && proactor.Dispatcher.IsSleeping, "a parked output read");
+            await Eventually.TrueAsync(() => proactor.DescribeForTests().Contains("outputOwner=1") && proactor.Dispatcher.IsBlockedInWait, "a parked output read");
             byte[] reply = "direct"u8.ToArray();
             Task<FlushResult> flush = Task.Run(() => connection.Transport.Output.WriteAsync(reply).AsTask());
             Assert.True(inside.Wait(TestTimeouts.Default), "the flush did not send directly");
@@ -166,7 +166,7 @@ public class DirectSendTests
         (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
         var proactor = (ProactorConnection)connection;
         ((IConnectionSocketFeature)connection).Socket.Shutdown(SocketShutdown.Send);
-        await Eventually.TrueAsync(() => proactor.DescribeForTests().Contains(directSend ? "outputOwner=1" : "outputReadPending=True") && proactor.Dispatcher.IsSleeping, "a parked output read");
+        await Eventually.TrueAsync(() => proactor.DescribeForTests().Contains(directSend ? "outputOwner=1" : "outputReadPending=True") && proactor.Dispatcher.IsBlockedInWait, "a parked output read");
         long directBefore = proactor.Dispatcher.DirectSends;
 
         // Act
