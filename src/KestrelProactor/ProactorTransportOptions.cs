@@ -173,7 +173,11 @@ public sealed class ProactorTransportOptions
     /// (<see cref="UnsafePreferInlineScheduling"/>), where flushes already run on the dispatcher; ignored by the IOCP
     /// backend. io_uring only.
     /// </summary>
-    /// <remarks>Defaults to <c>false</c>.</remarks>
+    /// <remarks>
+    /// Defaults to <c>false</c>. On two busy cores it halved the context switches per request at 16 and 64
+    /// connections and cut the system calls of one-connection ping-pong by a third, but at 256 connections it made
+    /// about 1.3 system calls per request against 0.6 through the ring, and a new connection per request cost more.
+    /// </remarks>
     public bool DirectSend { get; set; }
 
     /// <summary>
