@@ -479,7 +479,7 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     /// start go out with the pass's other submissions in one enter, where a direct send each costs a system call each
     /// (measured at 256 connections: 1.45 system calls per request, against 0.64 through the ring).
     /// </summary>
-    public bool IsBlockedInWait => Volatile.Read(ref _waitingInKernel) == 1 && Volatile.Read(ref _sleeping) == 1;
+    public bool IsBlockedInWait => Volatile.Read(ref _waitingInKernel) == 1 && Volatile.Read(ref _sleeping) == 1 && !HasEnded;
 
     // Set by the backend around its blocking wait (see SetWaitingInKernel); read racily, a hint only.
     private int _waitingInKernel;
@@ -494,7 +494,9 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     /// Sends <paramref name="buffer"/>, or as much of it as the socket takes at once, with a non-blocking system call on
     /// the calling thread, which is not this dispatcher's: the connection's direct send (see
     /// <see cref="ProactorTransportOptions.DirectSend"/>). The connection guarantees that nothing else of it sends
-    /// meanwhile and that its descriptor stays open; the backend holds a reference on the handle all the same.
+    /// meanwhile and that its close waits (the ring's close ignores the handle's reference count); the backend holds a
+    /// reference on the handle during the call, which keeps a dispatcher's failure (it disposes the handle) from
+    /// closing the descriptor under it.
     /// Returns false, with nothing sent, when the ring should send this instead (a zero-copy send).
     /// </summary>
     public virtual bool TrySendDirect(ProactorConnection connection, in ReadOnlySequence<byte> buffer, out IoResult result)
@@ -503,10 +505,10 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
         return false;
     }
 
-    /// <summary>Counts a direct send's system call, which sent <paramref name="bytes"/> (any thread).</summary>
-    protected void CountDirectSend(long bytes)
+    /// <summary>Counts a direct send's <paramref name="calls"/> system calls, which sent <paramref name="bytes"/> (any thread).</summary>
+    protected void CountDirectSend(int calls, long bytes)
     {
-        Interlocked.Increment(ref _directSends);
+        Interlocked.Add(ref _directSends, calls);
         Interlocked.Add(ref _directSendBytes, bytes);
     }
 

@@ -21,16 +21,20 @@ namespace KestrelProactor.Internal;
 /// read so far was sent. Published before the read's continuation is registered, so whoever the continuation is
 /// scheduled by finds it.</item>
 /// <item><c>Flusher</c>: a flushing thread won Parked → Flusher (a compare-exchange: one winner) and runs the read's
-/// continuation. Until it publishes Parked again (its own read pending, everything sent) or Dispatcher (handing the
-/// rest back through a work item), it alone reads the pipe and sends; the dispatcher touches neither, and only
-/// cancels the read (thread-safe) when it closes.</item>
+/// continuation. Until it moves Flusher → Parked again (its own read pending, everything sent) or Flusher → Dispatcher
+/// (handing the rest back through a work item), it alone reads the pipe and sends; the dispatcher touches neither, and
+/// only cancels the read (thread-safe) when it closes.</item>
+/// <item><c>Ended</c>: final, swapped in (an exchange) by the dispatcher's failure (<c>OnDispatcherFailed</c>), so no
+/// flusher can claim the output afterwards. When the swap found Flusher, the failure leaves the pipe's reader to that
+/// flusher: its next move from Flusher fails, and it completes the reader itself once its send is over, so the pipe's
+/// blocks cannot go back to the pool under its send and nothing has to be kept for good.</item>
 /// </list>
 /// So bytes go out in pipe order, one sender at a time: a direct send starts only from Parked, when no ring send is in
 /// flight, and a ring send only from a read of the dispatcher's, after the flusher gave the output back. The
 /// dispatcher's <see cref="_outputReadPending"/> stays true from its read's start until the continuation or the
 /// hand-back runs on it, so a close waits (<see cref="AdvanceClose"/>) and never closes the descriptor under a
-/// flusher's send; the backend's reference on the handle covers a dispatcher's failure, which disposes it from
-/// wherever it runs.
+/// flusher's send: the ring's close ignores the handle's reference count. The backend's reference on the handle
+/// covers a dispatcher's failure only, which disposes the handle (a deferred close while referenced).
 /// </para>
 /// </summary>
 internal sealed partial class ProactorConnection
@@ -38,11 +42,18 @@ internal sealed partial class ProactorConnection
     private const int OutputOwnedByDispatcher = 0;
     private const int OutputParked = 1;
     private const int OutputOwnedByFlusher = 2;
+    private const int OutputEnded = 3;
 
     /// <summary>The option is on, the scheduling is the thread pool's, and the backend can send from any thread.</summary>
     private readonly bool _directSend;
 
     private int _outputOwner;
+
+    /// <summary>
+    /// A test hook: runs on a flushing thread that passed the checks for a direct send, before its claim of the output
+    /// (a test holds a flusher there while the dispatcher fails).
+    /// </summary>
+    internal static Action<ProactorConnection>? TestDirectSendClaimHook { get; set; }
 
     // What a flusher hands back with the output: written before its Volatile write of Dispatcher, read by the work item.
     private IoResult _handedBackSendError;
@@ -67,6 +78,7 @@ internal sealed partial class ProactorConnection
             return false;
         }
 
+        TestDirectSendClaimHook?.Invoke(this);
         if (Interlocked.CompareExchange(ref _outputOwner, OutputOwnedByFlusher, OutputParked) != OutputParked)
         {
             return false;
@@ -100,13 +112,15 @@ internal sealed partial class ProactorConnection
         ValueTask<ReadResult> next;
         try
         {
+            ProactorDispatcher.TestHandlerHook?.Invoke(this, OperationKind.Send);
             while (true)
             {
                 ReadOnlySequence<byte> buffer = result.Buffer;
-                if (result.IsCanceled || buffer.IsEmpty)
+                if (result.IsCanceled || buffer.IsEmpty || Volatile.Read(ref _outputOwner) == OutputEnded)
                 {
                     // Cancelled: the close asked for it, and the dispatcher knows. Empty: the writer completed (FIN
-                    // is the dispatcher's). Nothing consumed: the dispatcher's next read returns the same bytes.
+                    // is the dispatcher's). Ended: the dispatcher failed, nothing more is sent (the hand-back completes
+                    // the reader). Nothing consumed: the dispatcher's next read returns the same bytes.
                     Output.AdvanceTo(buffer.Start, buffer.Start);
                     HandBackOutput();
                     return;
@@ -151,19 +165,28 @@ internal sealed partial class ProactorConnection
                     return;
                 }
 
-                next = Output.ReadAsync();
-                if (!next.IsCompleted)
+                try
                 {
-                    break;
-                }
+                    next = Output.ReadAsync();
+                    if (!next.IsCompleted)
+                    {
+                        break;
+                    }
 
-                // Only a cancel (the close) completes it while this thread is the writer.
-                result = next.GetAwaiter().GetResult();
+                    // A cancel (the close) completes it, or the writer's completion on another thread.
+                    result = next.GetAwaiter().GetResult();
+                }
+                catch (Exception ex) when (ex is not InvalidOperationException)
+                {
+                    // The application completed its output with an error meanwhile: its error, not the transport's.
+                    HandBackOutput(readError: ex);
+                    return;
+                }
             }
         }
         catch (Exception ex)
         {
-            // Not expected: the pipe's reader was completed under this thread (the dispatcher failed), or a bug.
+            // Not expected: the pipe's reader was completed under this thread (InvalidOperationException), or a bug.
             HandBackOutput(fault: ex);
             return;
         }
@@ -171,7 +194,14 @@ internal sealed partial class ProactorConnection
         // Everything read is sent: the read is the dispatcher's pending read again, claimable by the next flush.
         // Published before the continuation is registered (see the class remarks).
         _outputReadAwaiter = next.GetAwaiter();
-        Volatile.Write(ref _outputOwner, OutputParked);
+        if (Interlocked.CompareExchange(ref _outputOwner, OutputParked, OutputOwnedByFlusher) != OutputOwnedByFlusher)
+        {
+            // Ended: the dispatcher failed during the send.
+            _outputReadAwaiter = default;
+            CompleteOutputAfterFailure();
+            return;
+        }
+
         _outputReadAwaiter.UnsafeOnCompleted(_onOutputReadable!);
     }
 
@@ -182,8 +212,35 @@ internal sealed partial class ProactorConnection
         _handedBackReadError = readError;
         _handedBackFault = fault;
         // Pairs with the dispatcher's read of the owner: everything this thread did to the pipe happens before.
-        Volatile.Write(ref _outputOwner, OutputOwnedByDispatcher);
+        if (Interlocked.CompareExchange(ref _outputOwner, OutputOwnedByDispatcher, OutputOwnedByFlusher) != OutputOwnedByFlusher)
+        {
+            // Ended: the dispatcher failed during the send, and released the connection without the output's reader.
+            _handedBackSendError = default;
+            _handedBackReadError = null;
+            _handedBackFault = null;
+            CompleteOutputAfterFailure();
+            return;
+        }
+
         Dispatcher.Schedule(static state => ((ProactorConnection)state!).OnOutputHandedBack(), this);
+    }
+
+    /// <summary>
+    /// A flusher's last step when the dispatcher failed under it (the owner is Ended): completes the output's reader,
+    /// as <c>OnDispatcherFailed</c> does when no flusher owns it; once the application's writer is complete too, the
+    /// pipe's blocks go back to the pool. Nothing of the pipe is touched after this.
+    /// </summary>
+    private void CompleteOutputAfterFailure()
+    {
+        try
+        {
+            Output.Complete();
+        }
+        catch (Exception ex)
+        {
+            // Not expected (completing a reader does not throw); the connection is released already: log only.
+            ProactorLog.ConnectionError(_logger, ConnectionId, "direct send", ex.Message, ex);
+        }
     }
 
     /// <summary>Dispatcher thread: the flusher's read is over; go on as its continuation would have here.</summary>

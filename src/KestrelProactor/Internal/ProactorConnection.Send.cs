@@ -13,7 +13,7 @@ internal sealed partial class ProactorConnection
     internal string DescribeForTests()
         => $"{ConnectionId}: recvActive={_receiveActive} paused={_inputFlushPending} inputEnded={_inputEnded} " +
            $"sendActive={_sendActive} outputReadPending={_outputReadPending} outputOwner={_outputOwner} outputEnded={_outputEnded} deferral={_deferral} " +
-           $"unsent={_unsent.Length} closing={_closeStarted} input=[{_lendingInput?.DescribeForTests()}]";
+           $"unsent={_unsent.Length} closing={_closeStarted} kept={_memoryKeptForKernel} input=[{_lendingInput?.DescribeForTests()}]";
 
     private bool _sendActive;
     private bool _outputReadPending;
@@ -48,8 +48,8 @@ internal sealed partial class ProactorConnection
                     if (_directSend)
                     {
                         // Claimable by a flushing thread from here on; before the registration, which may schedule
-                        // the continuation at once (see ProactorConnection.DirectSend.cs).
-                        Volatile.Write(ref _outputOwner, OutputParked);
+                        // the continuation at once (see ProactorConnection.DirectSend.cs). Ended (a failure) stays.
+                        Interlocked.CompareExchange(ref _outputOwner, OutputParked, OutputOwnedByDispatcher);
                     }
 
                     // The output reader's scheduler is this dispatcher: the continuation runs here.
@@ -83,8 +83,8 @@ internal sealed partial class ProactorConnection
                 return;
             }
 
-            // Scheduled here: nobody claimed the read, and the output is the dispatcher's again.
-            Volatile.Write(ref _outputOwner, OutputOwnedByDispatcher);
+            // Scheduled here: nobody claimed the read, and the output is the dispatcher's again (Ended stays).
+            Interlocked.CompareExchange(ref _outputOwner, OutputOwnedByDispatcher, OutputParked);
         }
 
         try

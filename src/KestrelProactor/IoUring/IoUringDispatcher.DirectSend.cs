@@ -12,8 +12,9 @@ namespace KestrelProactor.IoUring;
 /// Direct sends (<see cref="ProactorTransportOptions.DirectSend"/>): a plain non-blocking <c>send</c>/<c>sendmsg</c>
 /// made by the thread that flushed, not a ring operation, so the ring keeps its single submitter. The connection
 /// makes sure that nothing else of it sends meanwhile and that its close waits (see
-/// <c>ProactorConnection.DirectSend.cs</c>); the handle's reference held here also keeps a dispatcher's failure,
-/// which disposes the handle from its own thread, from closing the descriptor under the call.
+/// <c>ProactorConnection.DirectSend.cs</c>: the ring's close ignores the handle's reference count). The handle's
+/// reference held here keeps a dispatcher's failure, which disposes the handle from its own thread, from closing the
+/// descriptor under the call.
 /// </summary>
 internal sealed unsafe partial class IoUringDispatcher
 {
@@ -39,12 +40,13 @@ internal sealed unsafe partial class IoUringDispatcher
 
         SafeHandle socket = connection.Socket;
         bool added = false;
+        int calls = 0;
         try
         {
             // Throws when the handle is closed: the descriptor's number may be another file's by now.
             socket.DangerousAddRef(ref added);
             TestDirectSendHook?.Invoke(connection);
-            result = Send(FdOf(socket), buffer);
+            result = Send(FdOf(socket), buffer, ref calls);
         }
         catch (ObjectDisposedException)
         {
@@ -58,19 +60,23 @@ internal sealed unsafe partial class IoUringDispatcher
             }
         }
 
-        CountDirectSend(result.IsSuccess ? result.Value : 0);
+        CountDirectSend(calls, result.IsSuccess ? result.Value : 0);
 
         return true;
     }
 
-    /// <summary>Sends what the socket takes without waiting: the bytes sent, or the error when none were.</summary>
-    private static IoResult Send(int fd, in ReadOnlySequence<byte> buffer)
+    /// <summary>
+    /// Sends what the socket takes without waiting: the bytes sent, or the error when none were; <paramref name="calls"/>
+    /// counts the system calls made.
+    /// </summary>
+    private static IoResult Send(int fd, in ReadOnlySequence<byte> buffer, ref int calls)
     {
         const int flags = Sys.MSG_NOSIGNAL | Sys.MSG_DONTWAIT;
         if (buffer.IsSingleSegment)
         {
             ReadOnlySpan<byte> span = buffer.FirstSpan;
             nint sent;
+            calls++;
             fixed (byte* data = span)
             {
                 sent = Sys.send(fd, data, (nuint)span.Length, flags);
@@ -113,6 +119,7 @@ internal sealed unsafe partial class IoUringDispatcher
                 Sys.msghdr header = default;
                 header.msg_iov = vectors;
                 header.msg_iovlen = (nuint)count;
+                calls++;
                 nint sent = Sys.sendmsg(fd, &header, flags);
                 if (sent < 0)
                 {

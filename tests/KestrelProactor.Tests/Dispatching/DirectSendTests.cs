@@ -214,6 +214,147 @@ public class DirectSendTests
         Assert.Equal(kind == TransportKind.Proactor, features.Split(", ").Contains("direct-send"));
     }
 
+    [Fact]
+    public async Task DispatcherFails_WhileAFlusherIsAboutToClaimTheOutput_TheFlusherLeavesThePipeAlone()
+    {
+        // Arrange: a flusher that passed the checks for a direct send (the output parked, the dispatcher asleep) is
+        // held before its claim.
+        var pool = new TrackingMemoryPool();
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o => o.DirectSend = true, memoryPool: pool);
+        (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+        var proactor = (ProactorConnection)connection;
+        ProactorDispatcher target = proactor.Dispatcher;
+        using var atClaim = new ManualResetEventSlim();
+        using var release = new ManualResetEventSlim();
+        int failed = 0;
+        int continuationsAfterFailure = 0;
+        ProactorDispatcher.TestHandlerHook = (owner, kind) =>
+        {
+            if (ReferenceEquals(owner, proactor) && kind == OperationKind.Send && Volatile.Read(ref failed) == 1)
+            {
+                Interlocked.Increment(ref continuationsAfterFailure);
+            }
+        };
+        ProactorConnection.TestDirectSendClaimHook = c =>
+        {
+            if (ReferenceEquals(c, proactor))
+            {
+                atClaim.Set();
+                release.Wait(TestTimeouts.Long);
+            }
+        };
+        try
+        {
+            await Eventually.TrueAsync(() => proactor.DescribeForTests().Contains("outputOwner=1") && target.IsBlockedInWait, "a parked output read");
+            long directBefore = target.DirectSends;
+            Task<FlushResult> flush = Task.Run(() => connection.Transport.Output.WriteAsync("late"u8.ToArray()).AsTask());
+            Assert.True(atClaim.Wait(TestTimeouts.Default), "the flush did not try to send directly");
+
+            // Act: the dispatcher fails (and releases the connection) before the flusher claims the output.
+            await FailAsync(target);
+            Volatile.Write(ref failed, 1);
+            release.Set();
+            await flush.DefaultTimeout();
+
+            // Assert: the claim failed, so the flusher neither read the pipe nor tried to send; the output is ended.
+            string state = proactor.DescribeForTests();
+            Assert.Equal(0, Volatile.Read(ref continuationsAfterFailure));
+            Assert.Equal(0, target.DirectSends - directBefore);
+            Assert.Contains("outputOwner=3", state);
+            Assert.Contains("kept=False", state);
+            await harness.DisposeConnectionAsync(connection).DefaultTimeout();
+            Assert.Empty(pool.CollectErrors());
+        }
+        finally
+        {
+            release.Set();
+            ProactorConnection.TestDirectSendClaimHook = null;
+            ProactorDispatcher.TestHandlerHook = null;
+        }
+    }
+
+    [Fact]
+    public async Task DispatcherFails_WhileAFlusherIsInsideItsSend_TheFlusherEndsTheOutputAndNothingIsKeptForGood()
+    {
+        // Arrange: the flusher owns the output and stops inside its direct send.
+        var pool = new TrackingMemoryPool();
+        ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o => o.DirectSend = true, memoryPool: pool);
+        try
+        {
+            (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+            var proactor = (ProactorConnection)connection;
+            ProactorDispatcher target = proactor.Dispatcher;
+            using var inside = new ManualResetEventSlim();
+            using var release = new ManualResetEventSlim();
+            IoUringDispatcher.TestDirectSendHook = c =>
+            {
+                if (ReferenceEquals(c, proactor))
+                {
+                    inside.Set();
+                    release.Wait(TestTimeouts.Long);
+                }
+            };
+            try
+            {
+                await Eventually.TrueAsync(() => proactor.DescribeForTests().Contains("outputOwner=1") && target.IsBlockedInWait, "a parked output read");
+                byte[] reply = RawClient.CreatePayload(1000, seed: 23);
+                Task<FlushResult> flush = Task.Run(() => connection.Transport.Output.WriteAsync(reply).AsTask());
+                Assert.True(inside.Wait(TestTimeouts.Default), "the flush did not send directly");
+                int returnedBefore = pool.Rented - pool.Outstanding;
+
+                // Act: the dispatcher fails while the flusher sends.
+                await FailAsync(target);
+                await Task.Delay(100, TestContext.Current.CancellationToken);
+
+                // Assert: no block went back to the pool under the send (the flusher still reads the pipe), and the
+                // memory is not kept for good for a copying send.
+                Assert.Equal(returnedBefore, pool.Rented - pool.Outstanding);
+                Assert.Contains("kept=False", proactor.DescribeForTests());
+                release.Set();
+                await flush.DefaultTimeout();
+                (byte[] bytes, _) = await ReceiveUntilEndAsync(client).DefaultTimeout();
+                Assert.Equal(reply, bytes);
+                Assert.Contains("kept=False", proactor.DescribeForTests());
+            }
+            finally
+            {
+                release.Set();
+                IoUringDispatcher.TestDirectSendHook = null;
+            }
+
+            await harness.DisposeConnectionAsync(connection).DefaultTimeout();
+        }
+        finally
+        {
+            await harness.DisposeAsync();
+        }
+
+        // Every block went back: the flusher completed the output's reader once its send was over.
+        await Eventually.TrueAsync(() => pool.Outstanding == 0, "every block back in the pool");
+        Assert.Empty(pool.CollectErrors());
+    }
+
+    /// <summary>Fails <paramref name="target"/>'s loop as a ring failure would and waits until it has ended.</summary>
+    private static async Task FailAsync(ProactorDispatcher target)
+    {
+        try
+        {
+            ProactorDispatcher.TestLoopHook = d =>
+            {
+                if (ReferenceEquals(d, target))
+                {
+                    throw new InvalidOperationException("injected ring failure");
+                }
+            };
+            target.Schedule(static _ => { }, null);
+            await DispatcherEndDrainTests.WaitUntilAsync(() => target.HasEnded);
+        }
+        finally
+        {
+            ProactorDispatcher.TestLoopHook = null;
+        }
+    }
+
     /// <summary>Reads in small bites with pauses, so the server's sends meet a full socket now and then.</summary>
     private static async Task<byte[]> ReceiveSlowlyToEndAsync(Socket socket)
     {
