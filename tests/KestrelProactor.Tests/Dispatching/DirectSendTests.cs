@@ -7,6 +7,7 @@ using KestrelProactor.Tests.Contract;
 using KestrelProactor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Connections.Features;
+using Microsoft.Extensions.Logging;
 
 namespace KestrelProactor.Tests.Dispatching;
 
@@ -332,6 +333,62 @@ public class DirectSendTests
         // Every block went back: the flusher completed the output's reader once its send was over.
         await Eventually.TrueAsync(() => pool.Outstanding == 0, "every block back in the pool");
         Assert.Empty(pool.CollectErrors());
+    }
+
+    [Fact]
+    public async Task WriterCompletesWithAnError_WhileAFlusherSends_EndsAsTheApplicationsErrorNotATransportFault()
+    {
+        // Arrange: the flusher stops inside its first send, while the application completes its output with an error
+        // from another thread; the flusher's next read meets that error.
+        var logs = new CapturingLoggerFactory();
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o => o.DirectSend = true, loggerFactory: logs);
+        (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+        var proactor = (ProactorConnection)connection;
+        using var inside = new ManualResetEventSlim();
+        using var release = new ManualResetEventSlim();
+        IoUringDispatcher.TestDirectSendHook = c =>
+        {
+            if (ReferenceEquals(c, proactor) && !inside.IsSet)
+            {
+                inside.Set();
+                release.Wait(TestTimeouts.Long);
+            }
+        };
+        try
+        {
+            await Eventually.TrueAsync(() => proactor.DescribeForTests().Contains("outputOwner=1") && proactor.Dispatcher.IsBlockedInWait, "a parked output read");
+            Task<FlushResult> flush = Task.Run(() => connection.Transport.Output.WriteAsync("direct"u8.ToArray()).AsTask());
+            Assert.True(inside.Wait(TestTimeouts.Default), "the flush did not send directly");
+
+            // Act
+            var appError = new InvalidDataException("the application's own error");
+            connection.Transport.Output.Complete(appError);
+            release.Set();
+            await flush.DefaultTimeout();
+            Exception? error = await Record.ExceptionAsync(async () =>
+            {
+                while (true)
+                {
+                    ReadResult read = await connection.Transport.Input.ReadAsync().AsTask().DefaultTimeout();
+                    connection.Transport.Input.AdvanceTo(read.Buffer.End);
+                    if (read.IsCompleted)
+                    {
+                        return;
+                    }
+                }
+            });
+
+            // Assert: the input ends with the application's error, as when the dispatcher reads it, and nothing is
+            // logged as a transport fault.
+            Assert.Same(appError, error);
+            Assert.DoesNotContain(logs.Entries, e => e.Level >= LogLevel.Error);
+            await harness.DisposeConnectionAsync(connection).DefaultTimeout();
+        }
+        finally
+        {
+            release.Set();
+            IoUringDispatcher.TestDirectSendHook = null;
+        }
     }
 
     /// <summary>Fails <paramref name="target"/>'s loop as a ring failure would and waits until it has ended.</summary>
