@@ -55,6 +55,15 @@ internal sealed partial class ProactorConnection
     /// </summary>
     internal static Action<ProactorConnection>? TestDirectSendClaimHook { get; set; }
 
+    /// <summary>A test hook: runs on the flushing thread right after it claimed the output, before the read's continuation.</summary>
+    internal static Action<ProactorConnection>? TestDirectSendClaimedHook { get; set; }
+
+    // The connection whose output read this thread claimed and whose continuation it is running: that continuation is
+    // the flusher's whatever the owner says by the time it runs (a dispatcher failure may have ended the output
+    // meanwhile, and the dispatcher's path would then reach a ring already torn down).
+    [ThreadStatic]
+    private static ProactorConnection? t_flusherOf;
+
     // What a flusher hands back with the output: written before its Volatile write of Dispatcher, read by the work item.
     private IoResult _handedBackSendError;
     private Exception? _handedBackReadError;
@@ -84,8 +93,18 @@ internal sealed partial class ProactorConnection
             return false;
         }
 
-        // The pipe's continuation: OnOutputReadableContinuation, which finds the output the flusher's.
-        continuation(state);
+        // The pipe's continuation: OnOutputReadableContinuation, which finds this thread the flusher.
+        TestDirectSendClaimedHook?.Invoke(this);
+        t_flusherOf = this;
+        try
+        {
+            continuation(state);
+        }
+        finally
+        {
+            t_flusherOf = null;
+        }
+
         return true;
     }
 
@@ -93,6 +112,8 @@ internal sealed partial class ProactorConnection
     /// The read's continuation, on the flushing thread that owns the output: sends what was flushed, then parks the
     /// read again or hands the output back to the dispatcher. Never throws into the application's flush.
     /// </summary>
+    private bool IsFlusherThread => ReferenceEquals(t_flusherOf, this);
+
     private void SendFromFlusher()
     {
         ReadResult result;

@@ -76,9 +76,10 @@ internal sealed partial class ProactorConnection
     {
         if (_directSend)
         {
-            if (Volatile.Read(ref _outputOwner) == OutputOwnedByFlusher && !Dispatcher.IsOnDispatcherThread)
+            if (IsFlusherThread)
             {
-                // A flushing thread won the output: it sends, and catches what it throws.
+                // A flushing thread won the output: it sends (or, the output ended meanwhile, completes the reader),
+                // and catches what it throws.
                 SendFromFlusher();
                 return;
             }

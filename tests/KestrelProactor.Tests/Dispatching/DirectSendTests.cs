@@ -275,6 +275,54 @@ public class DirectSendTests
     }
 
     [Fact]
+    public async Task DispatcherFails_AfterAFlusherClaimedTheOutput_TheFlusherCompletesTheReaderAndSendsNothing()
+    {
+        // Arrange: a flusher that claimed the output is held before the read's continuation runs.
+        var pool = new TrackingMemoryPool();
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o => o.DirectSend = true, memoryPool: pool);
+        (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+        var proactor = (ProactorConnection)connection;
+        ProactorDispatcher target = proactor.Dispatcher;
+        using var claimed = new ManualResetEventSlim();
+        using var release = new ManualResetEventSlim();
+        ProactorConnection.TestDirectSendClaimedHook = c =>
+        {
+            if (ReferenceEquals(c, proactor))
+            {
+                claimed.Set();
+                release.Wait(TestTimeouts.Long);
+            }
+        };
+        try
+        {
+            await Eventually.TrueAsync(() => proactor.DescribeForTests().Contains("outputOwner=1") && target.IsBlockedInWait, "a parked output read");
+            long directBefore = target.DirectSends;
+            Task<FlushResult> flush = Task.Run(() => connection.Transport.Output.WriteAsync("late"u8.ToArray()).AsTask());
+            Assert.True(claimed.Wait(TestTimeouts.Default), "the flush did not claim the output");
+
+            // Act: the dispatcher fails (its ring torn down, the connection released) while the flusher owns the output.
+            await FailAsync(target);
+            release.Set();
+            await flush.DefaultTimeout();
+
+            // Assert: the flusher took its own path (before, it took the dispatcher's and touched the torn-down ring:
+            // the process died), sent nothing, ended the output, and every block comes back.
+            Assert.Equal(0, target.DirectSends - directBefore);
+            string state = proactor.DescribeForTests();
+            Assert.Contains("outputOwner=3", state);
+            Assert.Contains("kept=False", state);
+            await harness.DisposeConnectionAsync(connection).DefaultTimeout();
+            await Eventually.TrueAsync(() => pool.Outstanding == 0, $"every pool block back ({pool.Outstanding} out)");
+            Assert.Empty(pool.CollectErrors());
+        }
+        finally
+        {
+            release.Set();
+            ProactorConnection.TestDirectSendClaimedHook = null;
+        }
+    }
+
+    [Fact]
     public async Task DispatcherFails_WhileAFlusherIsInsideItsSend_TheFlusherEndsTheOutputAndNothingIsKeptForGood()
     {
         // Arrange: the flusher owns the output and stops inside its direct send.
