@@ -176,22 +176,6 @@ public sealed class ProactorTransportOptions
     public TimeSpan OutputCoalescingDelay { get; set; } = TimeSpan.FromMicroseconds(50);
 
     /// <summary>
-    /// Lets a flush on an application thread send the flushed bytes itself, with one non-blocking <c>send</c>, when
-    /// the connection's dispatcher is asleep and the connection has nothing else in flight: the response goes out
-    /// without waking the dispatcher (a system call on the flushing thread and a context switch on the dispatcher's).
-    /// What the socket does not take at once, and every send while the dispatcher is awake (where the ring batches
-    /// sends for less), goes through the ring as before. Off in inline mode
-    /// (<see cref="UnsafePreferInlineScheduling"/>), where flushes already run on the dispatcher; ignored by the IOCP
-    /// backend. io_uring only.
-    /// </summary>
-    /// <remarks>
-    /// Defaults to <c>false</c>. On two busy cores it halved the context switches per request at 16 and 64
-    /// connections and cut the system calls of one-connection ping-pong by a third, but at 256 connections it made
-    /// about 1.3 system calls per request against 0.6 through the ring, and a new connection per request cost more.
-    /// </remarks>
-    public bool DirectSend { get; set; }
-
-    /// <summary>
     /// Receives straight into pipe memory instead of a provided buffer ring (the tier for kernels before 5.19).
     /// For tests of that tier on newer kernels.
     /// </summary>

@@ -104,15 +104,6 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     /// <summary>Sends handed to the kernel, resubmissions of a short send included (for tests).</summary>
     public long SendsStarted { get; private set; }
 
-    /// <summary>System calls a flushing thread made to send, rather than this dispatcher (see <see cref="TrySendDirect"/>; for tests).</summary>
-    public long DirectSends => Volatile.Read(ref _directSends);
-
-    /// <summary>Bytes those calls handed to the kernel (for tests).</summary>
-    public long DirectSendBytes => Volatile.Read(ref _directSendBytes);
-
-    private long _directSends;
-    private long _directSendBytes;
-
     /// <summary>Output reads held back by <see cref="DeferOutputRead"/> (for tests).</summary>
     public long OutputReadsDeferred { get; private set; }
 
@@ -470,47 +461,6 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     protected abstract void SubmitSend(ProactorConnection connection, in ReadOnlySequence<byte> buffer);
 
     public abstract void SubmitShutdownWrite(ProactorConnection connection);
-
-    /// <summary>
-    /// True while this dispatcher blocks in the kernel's wait with nothing queued: a work item scheduled now costs its
-    /// producer a wake-up, and the dispatcher a context switch (read racily by flushing threads; see
-    /// <see cref="ProactorConnection"/>'s direct sends). Not while it handles the completions that woke it: a work
-    /// item then may still cost a wake-up (<c>_sleeping</c> is reset only after the pass), but the sends such items
-    /// start go out with the pass's other submissions in one enter, where a direct send each costs a system call each
-    /// (measured at 256 connections: 1.45 system calls per request, against 0.64 through the ring).
-    /// </summary>
-    public bool IsBlockedInWait => Volatile.Read(ref _waitingInKernel) == 1 && Volatile.Read(ref _sleeping) == 1 && !HasEnded;
-
-    // Set by the backend around its blocking wait (see SetWaitingInKernel); read racily, a hint only.
-    private int _waitingInKernel;
-
-    /// <summary>The backend is about to block in the kernel's wait (true), or has returned from it (false).</summary>
-    protected void SetWaitingInKernel(bool waiting) => Volatile.Write(ref _waitingInKernel, waiting ? 1 : 0);
-
-    /// <summary>Whether <see cref="TrySendDirect"/> may send from a thread other than this dispatcher's.</summary>
-    public virtual bool SupportsDirectSend => false;
-
-    /// <summary>
-    /// Sends <paramref name="buffer"/>, or as much of it as the socket takes at once, with a non-blocking system call on
-    /// the calling thread, which is not this dispatcher's: the connection's direct send (see
-    /// <see cref="ProactorTransportOptions.DirectSend"/>). The connection guarantees that nothing else of it sends
-    /// meanwhile and that its close waits (the ring's close ignores the handle's reference count); the backend holds a
-    /// reference on the handle during the call, which keeps a dispatcher's failure (it disposes the handle) from
-    /// closing the descriptor under it.
-    /// Returns false, with nothing sent, when the ring should send this instead (a zero-copy send).
-    /// </summary>
-    public virtual bool TrySendDirect(ProactorConnection connection, in ReadOnlySequence<byte> buffer, out IoResult result)
-    {
-        result = default;
-        return false;
-    }
-
-    /// <summary>Counts a direct send's <paramref name="calls"/> system calls, which sent <paramref name="bytes"/> (any thread).</summary>
-    protected void CountDirectSend(int calls, long bytes)
-    {
-        Interlocked.Add(ref _directSends, calls);
-        Interlocked.Add(ref _directSendBytes, bytes);
-    }
 
     /// <summary>Cancels the owner's in-flight operation of <paramref name="kind"/>; its completion still arrives (ECANCELED or done).</summary>
     public abstract void SubmitCancel(IOperationOwner owner, OperationKind kind);

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using KestrelProactor.Dispatching;
 using Microsoft.AspNetCore.Connections;
 
@@ -150,15 +149,6 @@ internal sealed partial class ProactorConnection
                 return;
             }
 
-            // The ring's close ignores the handle's reference count: a flusher inside a direct send is kept out by
-            // _outputReadPending, which stays set while it owns the output. Checked here all the same.
-            Debug.Assert(Volatile.Read(ref _outputOwner) != OutputOwnedByFlusher, "closing under a flusher's direct send");
-            if (Volatile.Read(ref _outputOwner) == OutputOwnedByFlusher)
-            {
-                // Its hand-back comes back here.
-                return;
-            }
-
             _closeSubmitted = true;
             Dispatcher.SubmitClose(this);
             return;
@@ -211,11 +201,6 @@ internal sealed partial class ProactorConnection
         _finished = true;
         bool keepInput = operationsMayBeLive && _receiveIntoPipe;
         bool keepOutput = operationsMayBeLive && _sendActive;
-        // Final: no flushing thread claims the output from here on. One that owns it already (inside a direct send,
-        // a copying one) keeps the output's reader: it completes it once its send is over, so the pipe's blocks do
-        // not go back to the pool (and to another connection) under the send, and are not kept for good either.
-        // Its handle reference holds the descriptor open until then.
-        bool flusherOwnsOutput = Interlocked.Exchange(ref _outputOwner, OutputEnded) == OutputOwnedByFlusher;
         if (_sendActive && !Socket.IsClosed)
         {
             // The pages of a send (zero-copy ones above all) sit in the socket's queue until the peer acknowledges
@@ -260,10 +245,7 @@ internal sealed partial class ProactorConnection
                 // frame writer leaves a stream that never completes, and the host's stop waits for it for ever. The
                 // application learns of the end from its input, which ends with the reason, and ConnectionClosed.
                 _outputEnded = true;
-                if (!flusherOwnsOutput)
-                {
-                    Output.Complete();
-                }
+                Output.Complete();
             }
         }
         finally

@@ -12,16 +12,14 @@ internal sealed partial class ProactorConnection
     /// <summary>The connection's I/O state, for a test's failure message (read racily from another thread).</summary>
     internal string DescribeForTests()
         => $"{ConnectionId}: recvActive={_receiveActive} paused={_inputFlushPending} inputEnded={_inputEnded} " +
-           $"sendActive={_sendActive} outputReadPending={_outputReadPending} outputOwner={_outputOwner} outputEnded={_outputEnded} deferral={_deferral} " +
-           $"unsent={_unsent.Length} closing={_closeStarted} kept={_memoryKeptForKernel} input=[{_lendingInput?.DescribeForTests()}]";
+           $"sendActive={_sendActive} outputReadPending={_outputReadPending} outputEnded={_outputEnded} deferral={_deferral} " +
+           $"unsent={_unsent.Length} closing={_closeStarted} input=[{_lendingInput?.DescribeForTests()}]";
 
     private bool _sendActive;
     private bool _outputReadPending;
     private bool _outputEnded;
     private volatile bool _outputReadDeferred;
     private int _deferral;
-    // Also raised by a flusher's direct send (ProactorConnection.DirectSend.cs) and read by a flushing thread: a
-    // benign race, as it is a hint for holding reads back and the dispatcher's reset on input may be lost once.
     private int _sendsWithoutInput;
     private long _flushedWhileDeferred;
     private int _deferredWakeScheduled;
@@ -45,13 +43,6 @@ internal sealed partial class ProactorConnection
                 {
                     _outputReadPending = true;
                     _outputReadAwaiter = read.GetAwaiter();
-                    if (_directSend)
-                    {
-                        // Claimable by a flushing thread from here on; before the registration, which may schedule
-                        // the continuation at once (see ProactorConnection.DirectSend.cs). Ended (a failure) stays.
-                        Interlocked.CompareExchange(ref _outputOwner, OutputParked, OutputOwnedByDispatcher);
-                    }
-
                     // The output reader's scheduler is this dispatcher: the continuation runs here.
                     _outputReadAwaiter.UnsafeOnCompleted(_onOutputReadable ??= OnOutputReadableContinuation);
                     return;
@@ -74,20 +65,6 @@ internal sealed partial class ProactorConnection
 
     private void OnOutputReadableContinuation()
     {
-        if (_directSend)
-        {
-            if (IsFlusherThread)
-            {
-                // A flushing thread won the output: it sends (or, the output ended meanwhile, completes the reader),
-                // and catches what it throws.
-                SendFromFlusher();
-                return;
-            }
-
-            // Scheduled here: nobody claimed the read, and the output is the dispatcher's again (Ended stays).
-            Interlocked.CompareExchange(ref _outputOwner, OutputOwnedByDispatcher, OutputParked);
-        }
-
         try
         {
             _outputReadPending = false;

@@ -93,11 +93,8 @@ internal sealed partial class ProactorConnection : ConnectionContext,
         }
 
         // Output: the application writes, the dispatcher reads and sends. A flush on any thread becomes a
-        // work item on the dispatcher, so the send it causes is batched with the rest of that pass; with direct
-        // sends, a flush while the dispatcher sleeps sends from the flushing thread instead (ProactorConnection.DirectSend.cs).
-        _directSend = options.DirectSend && !options.UnsafePreferInlineScheduling && dispatcher.SupportsDirectSend;
-        PipeScheduler outputReaderScheduler = _directSend ? new OutputScheduler(this) : dispatcher;
-        var output = new Pipe(new PipeOptions(_kernelMemory, outputReaderScheduler, applicationScheduler, maxWrite, maxWrite / 2, minimumSegmentSize, useSynchronizationContext: false));
+        // work item on the dispatcher, so the send it causes is batched with the rest of that pass.
+        var output = new Pipe(new PipeOptions(_kernelMemory, dispatcher, applicationScheduler, maxWrite, maxWrite / 2, minimumSegmentSize, useSynchronizationContext: false));
 
         Output = output.Reader;
         // Streaming sends are gathered up to half the pause threshold (at most 256 KiB), so the application rarely meets it.

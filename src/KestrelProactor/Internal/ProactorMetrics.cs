@@ -46,8 +46,6 @@ internal sealed class ProactorMetrics : IDisposable
         _meter.CreateObservableUpDownCounter(
             "kestrel.proactor.connections", () => Sum(static d => d.OpenConnections), "{connection}", "Connections owned by the dispatchers (listeners not counted).");
         _meter.CreateObservableCounter(
-            "kestrel.proactor.direct_sends", () => Sum(static d => d.DirectSends), "{send}", "Sends made by the flushing thread while its dispatcher slept (DirectSend).");
-        _meter.CreateObservableCounter(
             "kestrel.proactor.dispatcher_failures", () => Volatile.Read(ref _dispatcherFailures), "{failure}", "Dispatchers whose loop stopped on an unrecoverable error; the connections they owned were dropped.");
     }
 

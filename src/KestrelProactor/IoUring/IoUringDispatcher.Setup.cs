@@ -151,13 +151,6 @@ internal sealed unsafe partial class IoUringDispatcher
             FeaturesInUse.Add("multishot-recv");
         }
 
-        if (options.DirectSend)
-        {
-            // Inline mode flushes on the dispatcher already: there is no hop to save.
-            (options.UnsafePreferInlineScheduling ? RefusedFeatures : FeaturesInUse).Add(
-                options.UnsafePreferInlineScheduling ? "direct-send (no use with inline scheduling)" : "direct-send");
-        }
-
         _zeroCopySend = options.ZeroCopySendThreshold > 0 && supported[IORING_OP_SEND_ZC] && supported[IORING_OP_SENDMSG_ZC];
         if (_zeroCopySend)
         {

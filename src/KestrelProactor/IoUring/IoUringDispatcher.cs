@@ -98,12 +98,9 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
         if (wait || ring.NeedsEnter || ring.SubmissionsNeedEnter || (!ring.PollsSubmissions && ring.ReadyCompletions == 0))
         {
             uint pending = ring.PendingSubmissions;
-            bool blocks = wait && ring.ReadyCompletions == 0;
-            SetWaitingInKernel(blocks);
             int result = _faults is null
-                ? ring.SubmitAndWait(blocks ? 1u : 0u, waitNanoseconds)
+                ? ring.SubmitAndWait(wait && ring.ReadyCompletions == 0 ? 1u : 0u, waitNanoseconds)
                 : EnterWithFaults(ring, wait, waitNanoseconds);
-            SetWaitingInKernel(false);
             if (result >= 0)
             {
                 // With a polling thread the enter submits nothing itself (the kernel echoes the count back).

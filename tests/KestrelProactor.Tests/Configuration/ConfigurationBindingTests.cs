@@ -66,7 +66,6 @@ public sealed class ConfigurationBindingTests
             "--Kestrel:Proactor:SubmissionQueuePollingIdle=00:00:00.005",
             "--Kestrel:Proactor:DispatcherAffinity=true",
             "--Kestrel:Proactor:AcceptOnEveryDispatcher=true",
-            "--Kestrel:Proactor:DirectSend=true",
             "--Kestrel:Proactor:AllowSocketTransportFallback=false");
         builder.WebHost.UseProactorTransport(builder.Configuration.GetSection(ProactorTransportOptions.ConfigurationSectionName));
         await using WebApplication app = builder.Build();
@@ -86,7 +85,6 @@ public sealed class ConfigurationBindingTests
         Assert.Equal(TimeSpan.FromMilliseconds(5), options.SubmissionQueuePollingIdle);
         Assert.True(options.DispatcherAffinity);
         Assert.True(options.AcceptOnEveryDispatcher);
-        Assert.True(options.DirectSend);
         Assert.False(options.AllowSocketTransportFallback);
         Assert.Equal(OperatingSystem.IsLinux() ? "io_uring" : "sockets", backend);
     }

@@ -45,11 +45,6 @@ public enum TransportKind
 
     /// <summary>A listen socket per dispatcher for each TCP endpoint (<see cref="ProactorTransportOptions.AcceptOnEveryDispatcher"/>).</summary>
     ProactorAcceptEverywhere,
-
-    /// <summary>
-    /// A flush on an application thread sends itself while the dispatcher sleeps (<see cref="ProactorTransportOptions.DirectSend"/>).
-    /// </summary>
-    ProactorDirectSend,
 }
 
 internal static class TransportFactories
@@ -87,15 +82,15 @@ internal static class TransportFactories
 
     /// <summary>
     /// The kinds the other suites (reliability, fault injection) run for "every kind": the tiers and scheduling
-    /// modes (direct sends are one: the send's thread). The contract and end-to-end suites run every preset (<see cref="TransportMatrix"/>).
+    /// modes. The contract and end-to-end suites run every preset (<see cref="TransportMatrix"/>).
     /// Under Wine (the Windows run) only the IOCP kinds run: the socket-transport reference checks the tests
     /// themselves on Linux, and <see cref="TransportKind.ProactorSingleShot"/> is the same as
     /// <see cref="TransportKind.Proactor"/> on IOCP (it has no multishot operations), so they would only cost time.
-    /// Set KESTRELPROACTOR_TEST_ALL_KINDS=1 to run all six there too (to check a test against Wine's sockets).
+    /// Set KESTRELPROACTOR_TEST_ALL_KINDS=1 to run all five there too (to check a test against Wine's sockets).
     /// </summary>
     public static TransportKind[] Kinds => OperatingSystem.IsWindows() && Environment.GetEnvironmentVariable("KESTRELPROACTOR_TEST_ALL_KINDS") != "1"
         ? [TransportKind.Proactor, TransportKind.ProactorInline]
-        : [TransportKind.Sockets, TransportKind.Proactor, TransportKind.ProactorInline, TransportKind.ProactorSingleShot, TransportKind.ProactorBasicTier, TransportKind.ProactorDirectSend];
+        : [TransportKind.Sockets, TransportKind.Proactor, TransportKind.ProactorInline, TransportKind.ProactorSingleShot, TransportKind.ProactorBasicTier];
 
     /// <summary>The native backend the proactor kinds must run on here: the run provably exercised it.</summary>
     public static string ExpectedBackend => OperatingSystem.IsWindows() ? "iocp" : "io_uring";

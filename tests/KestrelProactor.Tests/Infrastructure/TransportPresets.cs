@@ -40,9 +40,6 @@ internal static class TransportPresets
             case TransportKind.ProactorAcceptEverywhere:
                 options.AcceptOnEveryDispatcher = true;
                 break;
-            case TransportKind.ProactorDirectSend:
-                options.DirectSend = true;
-                break;
         }
     }
 
@@ -66,7 +63,6 @@ internal static class TransportPresets
             TransportKind.ProactorOneDispatcher => (backend.Dispatchers.Length == 1, "one dispatcher"),
             TransportKind.ProactorZeroCopy => (features.Contains($"send-zc>={ZeroCopySendThreshold}"), "zero-copy sends"),
             TransportKind.ProactorPolling => (features.Contains("SQPOLL("), "a submission-polling thread"),
-            TransportKind.ProactorDirectSend => (features.Split(", ").Contains("direct-send"), "direct sends"),
             TransportKind.ProactorTinyRings => (Regex.IsMatch(features, @"\bsq=4\b") && features.Contains("buffer-ring=2x"), "4-entry rings with 2 receive buffers"),
             _ => (true, ""),
         };

@@ -24,7 +24,6 @@ internal static unsafe partial class Interop
         public const int IPPROTO_TCP = 6;
         public const int TCP_NODELAY = 1;
         public const int MSG_NOSIGNAL = 0x4000;
-        public const int MSG_DONTWAIT = 0x40;
         public const int SHUT_WR = 1;
         public const int SOCK_CLOEXEC = 0x80000;
         public const int SOCK_NONBLOCK = 0x800;
@@ -113,12 +112,6 @@ internal static unsafe partial class Interop
 
         [LibraryImport(Libc, SetLastError = true)]
         public static partial int uname(utsname* buf);
-
-        [LibraryImport(Libc, SetLastError = true)]
-        public static partial nint send(int fd, void* buf, nuint len, int flags);
-
-        [LibraryImport(Libc, SetLastError = true)]
-        public static partial nint sendmsg(int fd, msghdr* msg, int flags);
 
         public static readonly void* MAP_FAILED = (void*)-1;
     }
