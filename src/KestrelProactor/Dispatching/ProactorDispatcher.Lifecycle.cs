@@ -46,11 +46,20 @@ internal abstract partial class ProactorDispatcher
     private volatile bool _ended;
     private volatile Exception? _endedWith;
 
-    /// <summary>True once the loop has stopped on an unrecoverable error; its owners have been released.</summary>
+    /// <summary>True once the loop has stopped on an unrecoverable error (its owners are released by the time <see cref="Ended"/> completes).</summary>
     public bool HasFailed => _failure is not null;
 
-    /// <summary>True once the loop is over and its kernel queue closed (stopped or failed): nothing runs here any more.</summary>
+    /// <summary>
+    /// True once the loop is over and its kernel queue closed (stopped or failed): nothing runs here any more. The
+    /// owners left in the table are released after this turns true; <see cref="Ended"/> completes once they are.
+    /// </summary>
     public bool HasEnded => _ended;
+
+    /// <summary>
+    /// Completes once the loop has ended (stopped or failed) and every owner it still held was released, with what
+    /// the kernel may still touch kept (<see cref="KeepForKernel"/>). Never faults.
+    /// </summary>
+    internal Task Ended => _stopped.Task;
 
     /// <summary>
     /// True once the loop has ended and its kernel queue was closed. False after an end whose teardown failed: the

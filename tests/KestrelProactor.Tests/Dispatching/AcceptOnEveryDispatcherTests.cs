@@ -209,7 +209,7 @@ public sealed class AcceptOnEveryDispatcherTests
                 }
             };
             target.Schedule(static _ => { }, null);
-            await DispatcherEndDrainTests.WaitUntilAsync(() => target.HasEnded);
+            await target.Ended.DefaultTimeout();
         }
         finally
         {

@@ -176,6 +176,7 @@ public class BufferRingTests
 
         // Assert: which operation ended is unknown, so that ring is torn down and its connections released.
         await WaitUntilAsync(() => target.HasFailed);
+        await target.Ended.DefaultTimeout();
         await closed.Task.DefaultTimeout();
         Assert.Equal(1, target.CompletionQueueOverflows);
         Assert.False(acceptor.HasFailed);

@@ -40,7 +40,7 @@ public sealed class DispatcherEndDrainTests
                 }
             };
             connection.Abort(new ConnectionAbortedException("abort"));
-            await WaitUntilAsync(() => target.HasEnded);
+            await target.Ended.DefaultTimeout();
         }
         finally
         {

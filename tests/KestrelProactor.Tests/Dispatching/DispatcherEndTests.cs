@@ -85,7 +85,7 @@ public sealed class DispatcherEndTests
                 // The next pass of the target's loop fails; this request wakes it.
                 await victim.SendAsync(Encoding.ASCII.GetBytes("GET /dispatcher HTTP/1.1\r\nHost: x\r\n\r\n")).DefaultTimeout();
                 await ReceiveUntilClosedAsync(victim);
-                await WaitUntilAsync(() => target.HasEnded);
+                await target.Ended.DefaultTimeout();
             }
             finally
             {

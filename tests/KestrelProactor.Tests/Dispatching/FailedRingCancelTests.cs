@@ -48,7 +48,7 @@ public sealed class FailedRingCancelTests
                 }
             };
             accepting.Schedule(static _ => { }, null);
-            await DispatcherEndDrainTests.WaitUntilAsync(() => accepting.HasEnded);
+            await accepting.Ended.DefaultTimeout();
         }
         finally
         {

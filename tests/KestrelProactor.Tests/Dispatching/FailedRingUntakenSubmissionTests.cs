@@ -39,7 +39,7 @@ public sealed class FailedRingUntakenSubmissionTests
             _ = output.FlushAsync();
             ring.CountDroppedCompletionForTests();
         }, (connection, target.Ring, payload));
-        await DispatcherEndDrainTests.WaitUntilAsync(() => target.HasEnded);
+        await target.Ended.DefaultTimeout();
 
         // Assert: the connection ends (its descriptor is closed) and none of the queued bytes reached the client.
         int received = 0;
@@ -102,7 +102,7 @@ public sealed class FailedRingUntakenSubmissionTests
                     ring2.CountDroppedCompletionForTests();
                 }, (c, ring, queued));
             }, (connection, target.Ring, payload, zeroCopyQueued));
-            await DispatcherEndDrainTests.WaitUntilAsync(() => target.HasEnded);
+            await target.Ended.DefaultTimeout();
             Assert.True(zeroCopyQueued.Value, "the send queued in the failing pass was not zero-copy");
 
             // The application ends its side, as Kestrel does with a connection whose transport failed.

@@ -70,6 +70,7 @@ public sealed class FailureBacklogTests
 
             await waker.ConnectAsync(server.Listener.EndPoint).DefaultTimeout();
             await DispatcherEndDrainTests.WaitUntilAsync(() => Volatile.Read(ref stage) == 3 && target.HasEnded);
+            await target.Ended.DefaultTimeout();
         }
         finally
         {

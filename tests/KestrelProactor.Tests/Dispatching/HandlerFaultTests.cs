@@ -481,6 +481,7 @@ public class HandlerFaultTests
                 using var client = new Socket(SocketType.Stream, ProtocolType.Tcp);
                 await client.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port)).DefaultTimeout();
                 await WaitUntilAsync(() => acceptor.HasFailed);
+                await acceptor.Ended.DefaultTimeout();
             }
             finally
             {

@@ -75,7 +75,7 @@ public sealed class Http2OnFailedDispatcherTests
                     }
                 };
                 serving.Schedule(static _ => { }, null);
-                await DispatcherEndDrainTests.WaitUntilAsync(() => serving.HasEnded);
+                await serving.Ended.DefaultTimeout();
             }
             finally
             {

@@ -52,7 +52,7 @@ public sealed class KeptMemoryTests
                 }
             };
             target.Schedule(static _ => { }, null);
-            await DispatcherEndDrainTests.WaitUntilAsync(() => target.HasEnded);
+            await target.Ended.DefaultTimeout();
         }
         finally
         {

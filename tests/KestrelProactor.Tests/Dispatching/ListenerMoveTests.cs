@@ -84,7 +84,7 @@ public sealed class ListenerMoveTests
             }
 
             target.Schedule(static _ => { }, null);
-            await DispatcherEndDrainTests.WaitUntilAsync(() => target.HasEnded);
+            await target.Ended.DefaultTimeout();
         }
         finally
         {

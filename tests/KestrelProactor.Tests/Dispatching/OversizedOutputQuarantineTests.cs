@@ -80,7 +80,7 @@ public sealed class OversizedOutputQuarantineTests
                 }
             };
             target.Schedule(static _ => { }, null);
-            await DispatcherEndDrainTests.WaitUntilAsync(() => target.HasEnded);
+            await target.Ended.DefaultTimeout();
         }
         finally
         {

@@ -40,7 +40,7 @@ public sealed class SharedMemoryPoolTests
                 }
             };
             idle.Schedule(static _ => { }, null);
-            await WaitUntilAsync(() => idle.HasEnded);
+            await idle.Ended.DefaultTimeout();
         }
         finally
         {

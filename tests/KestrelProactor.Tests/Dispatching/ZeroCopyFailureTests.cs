@@ -74,6 +74,7 @@ public sealed class ZeroCopyFailureTests
                 };
                 dispatcher.Schedule(static _ => { }, null);
                 await Eventually.TrueAsync(() => dispatcher.HasEnded, "the dispatcher's end");
+                await dispatcher.Ended.DefaultTimeout();
             }
             finally
             {

@@ -61,6 +61,7 @@ public sealed class HealthCheckTests
                 // Any work item wakes the dispatcher; its next pass fails.
                 target.Schedule(static _ => { }, null);
                 await WaitUntilAsync(() => target.HasFailed);
+                await target.Ended.DefaultTimeout();
             }
             finally
             {

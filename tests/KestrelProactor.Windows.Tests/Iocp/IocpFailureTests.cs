@@ -130,6 +130,7 @@ public sealed class IocpFailureTests
                 }
 
                 Assert.True(target.HasEnded, "The dispatcher did not fail with a send in flight.");
+                await target.Ended.WaitAsync(TestTimeouts.Default);
                 await Task.WhenAny(writing, Task.Delay(TestTimeouts.Default));
             }
             finally
