@@ -37,6 +37,7 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
     private readonly TaskCompletionSource _acceptStopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly bool _isTcp;
     private volatile bool _unbinding;
+    private Func<bool>? _isUnbinding;
     private bool _acceptStopHandled;
     private int _acceptingEnded;
     private int _retryDelayMs;
@@ -276,24 +277,8 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
         }, this, _retryDelayMs, Timeout.Infinite);
     }
 
-    public async ValueTask<ConnectionContext?> AcceptAsync(CancellationToken cancellationToken = default)
-    {
-        while (!_unbinding && await _accepted.Reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false))
-        {
-            if (_unbinding)
-            {
-                break;
-            }
-
-            if (_accepted.Reader.TryRead(out ProactorConnection? connection))
-            {
-                connection.Start();
-                return connection;
-            }
-        }
-
-        return null;
-    }
+    public ValueTask<ConnectionContext?> AcceptAsync(CancellationToken cancellationToken = default)
+        => AcceptQueue.NextAsync(_accepted.Reader, _isUnbinding ??= () => _unbinding, cancellationToken);
 
     public async ValueTask UnbindAsync(CancellationToken cancellationToken = default)
     {
@@ -334,12 +319,7 @@ internal sealed class ProactorConnectionListener : IConnectionListener, IOperati
     public async ValueTask DisposeAsync()
     {
         await UnbindAsync().ConfigureAwait(false);
-        // Connections accepted but never handed to Kestrel: close them.
-        while (_accepted.Reader.TryRead(out ProactorConnection? connection))
-        {
-            connection.Abort(new ConnectionAbortedException("The listener was disposed before the connection was accepted."));
-            await connection.DisposeAsync().ConfigureAwait(false);
-        }
+        await AcceptQueue.CloseNeverAcceptedAsync(_accepted.Reader).ConfigureAwait(false);
     }
 
     /// <summary>

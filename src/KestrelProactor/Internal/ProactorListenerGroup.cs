@@ -30,6 +30,7 @@ internal sealed class ProactorListenerGroup : IConnectionListener
     private int _live;
     private Exception? _firstError;
     private volatile bool _unbinding;
+    private Func<bool>? _isUnbinding;
 
     private ProactorListenerGroup()
     {
@@ -128,24 +129,8 @@ internal sealed class ProactorListenerGroup : IConnectionListener
         }
     }
 
-    public async ValueTask<ConnectionContext?> AcceptAsync(CancellationToken cancellationToken = default)
-    {
-        while (!_unbinding && await Accepted.Reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false))
-        {
-            if (_unbinding)
-            {
-                break;
-            }
-
-            if (Accepted.Reader.TryRead(out ProactorConnection? connection))
-            {
-                connection.Start();
-                return connection;
-            }
-        }
-
-        return null;
-    }
+    public ValueTask<ConnectionContext?> AcceptAsync(CancellationToken cancellationToken = default)
+        => AcceptQueue.NextAsync(Accepted.Reader, _isUnbinding ??= () => _unbinding, cancellationToken);
 
     public async ValueTask UnbindAsync(CancellationToken cancellationToken = default)
     {
@@ -156,12 +141,7 @@ internal sealed class ProactorListenerGroup : IConnectionListener
     public async ValueTask DisposeAsync()
     {
         await UnbindAsync().ConfigureAwait(false);
-        // Connections accepted but never handed to Kestrel: close them.
-        while (Accepted.Reader.TryRead(out ProactorConnection? connection))
-        {
-            connection.Abort(new ConnectionAbortedException("The listener was disposed before the connection was accepted."));
-            await connection.DisposeAsync().ConfigureAwait(false);
-        }
+        await AcceptQueue.CloseNeverAcceptedAsync(Accepted.Reader).ConfigureAwait(false);
     }
 
     /// <summary>
