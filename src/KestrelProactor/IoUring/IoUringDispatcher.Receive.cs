@@ -38,7 +38,7 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
         IoUringRing? ring = _ring;
         return $"dispatcher {Id}: starved={_receivesStarved} retries={_receiveRetries.Count} retried={StarvedReceiveRetries} " +
                $"available={_bufferRing?.Available} lent={_bufferRing?.Lent} returnedPending={Volatile.Read(ref _returnedPending)} " +
-               $"owners={ConnectionCount} inFlight={InFlightOperations} sqPending={ring?.PendingSubmissions} cqReady={ring?.ReadyCompletions} " +
+               $"owners={ConnectionCount} inFlight={InFlightOperations} sqPending={ring?.PendingSubmissions} sqPublished={ring?.PublishedSubmissions} cqReady={ring?.ReadyCompletions} " +
                $"sqFlags=0x{ring?.SqFlags:x} wakeups={ring?.SubmissionThreadWakeups}" +
                string.Concat(OwnersForTests().OfType<ProactorConnection>().Select(c => "\n  " + c.DescribeForTests()));
     }

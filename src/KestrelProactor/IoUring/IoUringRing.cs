@@ -134,6 +134,9 @@ internal sealed unsafe partial class IoUringRing : IDisposable
 
     public SafeFileDescriptorHandle RingFd => _ringFd;
 
+    /// <summary>SQEs published to the kernel (the shared tail) and not yet consumed by it (for diagnostics).</summary>
+    public uint PublishedSubmissions => Volatile.Read(ref *_sqTail) - Volatile.Read(ref *_sqHead);
+
     /// <summary>SQEs filled and not yet consumed by the kernel.</summary>
     public uint PendingSubmissions => _sqeTail - Volatile.Read(ref *_sqHead);
 

@@ -87,6 +87,8 @@ public sealed class TightResourceTests
                 TestContext.Current.TestOutputHelper?.WriteLine(dispatcher.DescribeReceiveState());
             }
 
+            TestContext.Current.TestOutputHelper?.WriteLine(KernelThreads.Describe());
+
             throw;
         }
 
