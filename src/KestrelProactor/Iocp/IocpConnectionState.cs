@@ -41,9 +41,9 @@ internal sealed class IocpConnectionState
         Send.Free();
     }
 
-    public void Leak()
-    {
-        Receive.Leak();
-        Send.Leak();
-    }
+    /// <summary>Whether the OS may still use a native block of this connection (a receive or a send not known to be over).</summary>
+    public bool MayBeInFlight => Receive.InFlight || Send.InFlight;
+
+    /// <summary>Keeps both native blocks for good; returns how many there were.</summary>
+    public int Leak() => (Receive.Leak() ? 1 : 0) + (Send.Leak() ? 1 : 0);
 }

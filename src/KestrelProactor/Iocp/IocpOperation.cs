@@ -95,6 +95,13 @@ internal sealed unsafe class IocpOperation
         _block?.Dispose();
     }
 
-    /// <summary>Keeps the native block alive for good: the backend is going away with this operation maybe in flight.</summary>
-    public void Leak() => _block?.SetHandleAsInvalid();
+    /// <summary>
+    /// Keeps the native block alive for good: the backend is going away with this operation maybe in flight. Returns
+    /// whether there was a block to keep.
+    /// </summary>
+    public bool Leak()
+    {
+        _block?.SetHandleAsInvalid();
+        return _block is not null;
+    }
 }
