@@ -41,9 +41,6 @@ internal sealed class IocpConnectionState
         Send.Free();
     }
 
-    /// <summary>Whether the OS may still use a native block of this connection (a receive or a send not known to be over).</summary>
-    public bool MayBeInFlight => Receive.InFlight || Send.InFlight;
-
-    /// <summary>Keeps both native blocks for good; returns how many there were.</summary>
-    public int Leak() => (Receive.Leak() ? 1 : 0) + (Send.Leak() ? 1 : 0);
+    /// <summary>At the end of the backend: each native block freed if the OS is done with it, else kept for good. Returns how many were kept.</summary>
+    public int FreeOrKeep() => Receive.FreeOrKeep() + Send.FreeOrKeep();
 }

@@ -283,32 +283,19 @@ internal sealed unsafe partial class IocpDispatcher : ProactorDispatcher
         {
             switch (owner)
             {
-                case ProactorConnection { BackendState: IocpConnectionState state }:
-                    if (state.MayBeInFlight)
-                    {
-                        NativeBlocksKeptAtTeardown += state.Leak();
-                    }
-                    else
-                    {
-                        state.Free();
-                    }
-
+                case ProactorConnection { BackendState: IocpConnectionState state } connection:
+                    // Nothing may reach a freed block through the connection afterwards.
+                    connection.BackendState = null;
+                    NativeBlocksKeptAtTeardown += state.FreeOrKeep();
                     break;
-                case ProactorConnectionListener { BackendState: IocpOperation accept }:
+                case ProactorConnectionListener { BackendState: IocpOperation accept } listener:
                     // The socket an AcceptEx in flight fills may already be connected (the OS finished the accept and
                     // its packet was never dequeued): nobody else will ever close it, and its client would wait on it
                     // for good. Closing it ends the AcceptEx too; the block it writes into stays leaked.
                     accept.AcceptSocket?.Dispose();
                     accept.AcceptSocket = null;
-                    if (accept.InFlight)
-                    {
-                        NativeBlocksKeptAtTeardown += accept.Leak() ? 1 : 0;
-                    }
-                    else
-                    {
-                        accept.Free();
-                    }
-
+                    listener.BackendState = null;
+                    NativeBlocksKeptAtTeardown += accept.FreeOrKeep();
                     break;
             }
         }
