@@ -41,9 +41,6 @@ internal sealed class IocpConnectionState
         Send.Free();
     }
 
-    public void Leak()
-    {
-        Receive.Leak();
-        Send.Leak();
-    }
+    /// <summary>At the end of the backend: each native block freed if the OS is done with it, else kept for good. Returns how many were kept.</summary>
+    public int FreeOrKeep() => Receive.FreeOrKeep() + Send.FreeOrKeep();
 }

@@ -79,7 +79,12 @@ internal sealed unsafe partial class IocpDispatcher
     {
         operation.InFlight = false;
         Table.OnCompleted(operation.Owner.Token.ToUserData(operation.Kind), final: true);
-        if (operation.Kind == OperationKind.Accept)
+        if (operation.Kind == OperationKind.Send && operation.Owner is ProactorConnection connection)
+        {
+            // Over for the OS: its pins and WSABUF array go back (the teardown frees the pooled blocks).
+            ReturnSendBlock(connection);
+        }
+        else if (operation.Kind == OperationKind.Accept)
         {
             // A socket the accept may have connected: nobody will take it now.
             operation.AcceptSocket?.Dispose();

@@ -268,27 +268,34 @@ internal sealed unsafe partial class IocpDispatcher : ProactorDispatcher
         }
     }
 
+    /// <summary>Native operation blocks kept for good when the port closed, because the OS might still use them (for tests).</summary>
+    internal int NativeBlocksKeptAtTeardown { get; private set; }
+
     protected override void Teardown()
     {
         Context.Metrics.Unregister(this);
-        // Owners still here when the loop ended (the stop deadline passed) may have operations in flight: their
-        // native blocks are leaked rather than freed under the kernel.
+        // Owners still here when the loop ended (a failure, or a stop whose deadline passed) may have operations in
+        // flight: their native blocks are leaked rather than freed under the OS. Those whose operations are known to be
+        // over (a failed port's drain read their packets) are freed.
         var owners = new List<IOperationOwner>();
         Table.CopyOwners(owners);
         foreach (IOperationOwner owner in owners)
         {
             switch (owner)
             {
-                case ProactorConnection { BackendState: IocpConnectionState state }:
-                    state.Leak();
+                case ProactorConnection { BackendState: IocpConnectionState state } connection:
+                    // Nothing may reach a freed block through the connection afterwards.
+                    connection.BackendState = null;
+                    NativeBlocksKeptAtTeardown += state.FreeOrKeep();
                     break;
-                case ProactorConnectionListener { BackendState: IocpOperation accept }:
+                case ProactorConnectionListener { BackendState: IocpOperation accept } listener:
                     // The socket an AcceptEx in flight fills may already be connected (the OS finished the accept and
                     // its packet was never dequeued): nobody else will ever close it, and its client would wait on it
                     // for good. Closing it ends the AcceptEx too; the block it writes into stays leaked.
                     accept.AcceptSocket?.Dispose();
                     accept.AcceptSocket = null;
-                    accept.Leak();
+                    listener.BackendState = null;
+                    NativeBlocksKeptAtTeardown += accept.FreeOrKeep();
                     break;
             }
         }

@@ -87,6 +87,25 @@ internal sealed unsafe class IocpOperation
     /// <summary>For tests: the OS has finished the operation (its status left STATUS_PENDING), dequeued or not.</summary>
     internal bool FinishedInKernelForTests => (uint)Header->Overlapped.Internal != NtStatus.STATUS_PENDING;
 
+    /// <summary>
+    /// Whether the OS may still use this slot's native block: counted in flight, or its status still says pending (a
+    /// check on our own memory that holds whatever the books say, e.g. a packet a drain took for a later submission).
+    /// </summary>
+    public bool MayBeInKernel
+        => InFlight || (_block is { IsClosed: false } && (uint)Header->Overlapped.Internal == NtStatus.STATUS_PENDING);
+
+    /// <summary>At the end of the backend: frees the block when the OS is done with it, else keeps it for good. Returns 1 when kept.</summary>
+    public int FreeOrKeep()
+    {
+        if (MayBeInKernel)
+        {
+            return Leak() ? 1 : 0;
+        }
+
+        Free();
+        return 0;
+    }
+
     /// <summary>Frees the native block; only once no operation of this slot can be in flight.</summary>
     public void Free()
     {
@@ -95,6 +114,13 @@ internal sealed unsafe class IocpOperation
         _block?.Dispose();
     }
 
-    /// <summary>Keeps the native block alive for good: the backend is going away with this operation maybe in flight.</summary>
-    public void Leak() => _block?.SetHandleAsInvalid();
+    /// <summary>
+    /// Keeps the native block alive for good: the backend is going away with this operation maybe in flight. Returns
+    /// whether there was a block to keep.
+    /// </summary>
+    public bool Leak()
+    {
+        _block?.SetHandleAsInvalid();
+        return _block is not null;
+    }
 }

@@ -95,11 +95,13 @@ public sealed class IocpFailureTests
         Assert.SkipUnless(OperatingSystem.IsWindows(), "The IOCP backend exists only on Windows.");
         var pool = new TrackingMemoryPool();
         ProactorDispatcher? target = null;
+        ProactorConnection? served = null;
         bool sendInFlight = false;
         await using (ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, memoryPool: pool))
         {
             (Socket client, ConnectionContext accepted) = await harness.ConnectAndAcceptAsync();
             var connection = Assert.IsType<ProactorConnection>(accepted);
+            served = connection;
             target = connection.Dispatcher;
             ProactorDispatcher.TestLoopHook = d =>
             {
@@ -144,6 +146,10 @@ public sealed class IocpFailureTests
 
         Assert.True(sendInFlight);
         Assert.True(target!.HasFailed);
+        // Assert: what the drain proved over is given back, not kept for good: the connection's and the listener's
+        // native OVERLAPPED blocks, and the drained send's pins and WSABUF array.
+        Assert.Equal(0, ((IocpDispatcher)target).NativeBlocksKeptAtTeardown);
+        Assert.Null(served!.SendState);
         // Assert: the cancelled send's packet was read before the port closed, so the connection was released with
         // nothing in flight and its output blocks went back instead of being kept for the OS for good.
         await IocpTestServer.WaitUntilAsync(() => pool.Outstanding == 0, $"every pool block came back ({pool.Outstanding} out)");
