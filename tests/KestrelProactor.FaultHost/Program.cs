@@ -317,10 +317,11 @@ internal static class Runner
             return (problems.Count == 0, 0);
         }
 
+        long handlerFaults = dispatchers.Sum(d => d.HandlerFaults);
         string kinds = string.Join(", ", plan.Counts.OrderBy(k => k.Key).Select(k => $"{k.Key}={k.Value}"));
         string summary = $"seed {seed}: {(problems.Count == 0 ? "ok" : "FAILED")} preset={presetName} faults={plan.Injected} " +
                          $"touched={plan.TouchedPorts.Count} killed={(plan.Killed.Count == 0 ? "none" : string.Join(',', plan.Killed.Keys.Select(k => "#" + k)) + "(" + plan.KillModeName + ")")} " +
-                         $"sessions={outcomes.Count} errors={sessionErrors}{(stopMidway ? " stopped-midway" : "")}{(backlogs != 0 ? $" cq-backlogs={backlogs}" : "")} {stopwatch.Elapsed.TotalSeconds:F1}s";
+                         $"sessions={outcomes.Count} errors={sessionErrors}{(stopMidway ? " stopped-midway" : "")}{(backlogs != 0 ? $" cq-backlogs={backlogs}" : "")}{(handlerFaults != 0 ? $" handler-faults={handlerFaults}" : "")} {stopwatch.Elapsed.TotalSeconds:F1}s";
         Console.WriteLine(summary);
         if (verbose || problems.Count != 0)
         {
