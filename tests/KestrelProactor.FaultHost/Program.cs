@@ -5,6 +5,7 @@
 //   --backend B    io_uring or iocp: the backend this host must be running on (it is the platform's; a mismatch is an error)
 //   --seeds N      run N seeds (default 1)
 //   --first S      the first seed (default 1); seeds S .. S+N-1
+//   --step K       every K-th seed from S instead (S, S+K, ..): K = 12 keeps one transport preset (see RunAsync)
 //   --seed S       one seed (as --first S --seeds 1)
 //   --rate R       the chance per eligible event that a fault goes in (default 0.03)
 //   --workers W    concurrent client workers (default 4); --sessions M sessions each (default 4)
@@ -26,7 +27,7 @@ using KestrelProactor.Iocp;
 using KestrelProactor.IoUring;
 using Microsoft.AspNetCore.Connections;
 
-int first = 1, seeds = 1, workers = 4, sessions = 4;
+int first = 1, seeds = 1, step = 1, workers = 4, sessions = 4;
 double rate = 0.03;
 bool verbose = false;
 bool kills = true;
@@ -37,6 +38,7 @@ for (int i = 0; i < args.Length; i++)
     {
         case "--seeds" when i + 1 < args.Length: seeds = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
         case "--first" when i + 1 < args.Length: first = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+        case "--step" when i + 1 < args.Length: step = Math.Max(1, int.Parse(args[++i], CultureInfo.InvariantCulture)); break;
         case "--seed" when i + 1 < args.Length: first = int.Parse(args[++i], CultureInfo.InvariantCulture); seeds = 1; break;
         case "--rate" when i + 1 < args.Length: rate = double.Parse(args[++i], CultureInfo.InvariantCulture); break;
         case "--workers" when i + 1 < args.Length: workers = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
@@ -73,7 +75,7 @@ if (Runner.Iocp)
 await Runner.RunAsync(0, 0, workers, sessions, verbose: false, warmUp: true, kills: false, only: null);
 long injected = 0;
 int failed = 0;
-for (int seed = first; seed < first + seeds; seed++)
+for (int seed = first; seed < first + seeds * step; seed += step)
 {
     (bool ok, long faults) = await Runner.RunAsync(seed, rate, workers, sessions, verbose, warmUp: false, kills, only);
     injected += faults;
@@ -278,8 +280,16 @@ internal static class Runner
         if (!await Eventually(() => pool.Outstanding == 0, TimeSpan.FromSeconds(5)))
         {
             problems.Add($"{pool.Outstanding} pool block(s) never returned; kept for the kernel: {ProactorDispatcher.KeptForKernelCount} object(s), zero-copy sends kept at teardown: " +
-                         string.Join(' ', dispatchers.OfType<IoUringDispatcher>().Select(d => $"#{d.Id}={d.ZeroCopySendsKeptAtTeardown}")));
+                         string.Join(' ', dispatchers.OfType<IoUringDispatcher>().Select(d => $"#{d.Id}={d.ZeroCopySendsKeptAtTeardown}")) +
+                         "; send blocks out at teardown: " + string.Join(' ', dispatchers.OfType<IoUringDispatcher>().Select(d => $"#{d.Id}={d.SendBlocksOutAtTeardown}")) +
+                         ", recycled twice: " + string.Join(' ', dispatchers.OfType<IoUringDispatcher>().Select(d => $"#{d.Id}={d.SendBlocksRecycledTwice}")) +
+                         ", handler faults: " + string.Join(' ', dispatchers.Select(d => $"#{d.Id}={d.HandlerFaults}")) +
+                         ", stale completions: " + string.Join(' ', dispatchers.OfType<IoUringDispatcher>().Select(d => $"#{d.Id}={d.StaleCompletions}")));
             problems.AddRange(pool.OutstandingStacks());
+            // Which sessions ran, and how each ended: the leak is usually in one whose connection a fault touched.
+            problems.Add("sessions: " + string.Join(", ", outcomes.Select(o =>
+                $"{o.Session.Name}({string.Join('/', o.Session.Ports)}{(plan.TouchedPorts.Keys.Intersect(o.Session.Ports).Any() ? " touched" : "")})" +
+                (o.Error is null ? "" : ": " + o.Error.GetType().Name))));
             problems.AddRange(Server.LiveConnections.Where(c => c.Value != "processed").Select(c => $"h2 connection {c.Key}: {c.Value}"));
         }
 
@@ -307,10 +317,11 @@ internal static class Runner
             return (problems.Count == 0, 0);
         }
 
+        long handlerFaults = dispatchers.Sum(d => d.HandlerFaults);
         string kinds = string.Join(", ", plan.Counts.OrderBy(k => k.Key).Select(k => $"{k.Key}={k.Value}"));
         string summary = $"seed {seed}: {(problems.Count == 0 ? "ok" : "FAILED")} preset={presetName} faults={plan.Injected} " +
                          $"touched={plan.TouchedPorts.Count} killed={(plan.Killed.Count == 0 ? "none" : string.Join(',', plan.Killed.Keys.Select(k => "#" + k)) + "(" + plan.KillModeName + ")")} " +
-                         $"sessions={outcomes.Count} errors={sessionErrors}{(stopMidway ? " stopped-midway" : "")}{(backlogs != 0 ? $" cq-backlogs={backlogs}" : "")} {stopwatch.Elapsed.TotalSeconds:F1}s";
+                         $"sessions={outcomes.Count} errors={sessionErrors}{(stopMidway ? " stopped-midway" : "")}{(backlogs != 0 ? $" cq-backlogs={backlogs}" : "")}{(handlerFaults != 0 ? $" handler-faults={handlerFaults}" : "")} {stopwatch.Elapsed.TotalSeconds:F1}s";
         Console.WriteLine(summary);
         if (verbose || problems.Count != 0)
         {

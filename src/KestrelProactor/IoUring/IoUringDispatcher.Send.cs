@@ -48,6 +48,12 @@ internal sealed unsafe partial class IoUringDispatcher
     /// <summary>Zero-copy sends still awaiting their notification when the ring closed, kept for good (for tests).</summary>
     public int ZeroCopySendsKeptAtTeardown { get; private set; }
 
+    /// <summary>Send blocks not idle when the ring closed: awaiting a notification, or of a send never completed (for tests).</summary>
+    public int SendBlocksOutAtTeardown { get; private set; }
+
+    /// <summary>Send blocks found twice on the idle stack at the teardown (should stay 0; for tests).</summary>
+    public int SendBlocksRecycledTwice { get; private set; }
+
     /// <summary>Zero-copy sends the socket refused and that were sent again, copied (for tests).</summary>
     public long ZeroCopyFallbacks { get; private set; }
 

@@ -214,10 +214,21 @@ internal sealed unsafe partial class IoUringDispatcher
 
         // Only the idle blocks: one that waits for a zero-copy notification (or belongs to a send the ring never
         // completed) may still be read by the kernel through the pages it pins and holds, so it is left as it is.
+        // Counted for the fault runs' diagnosis: a block on the idle stack twice was recycled twice (two sends then
+        // shared it, and the first one's holds were never released); one neither idle nor kept was lost.
+        var idle = new HashSet<IoUringSendBlock>(ReferenceEqualityComparer.Instance);
         while (_sendBlocks.TryPop(out IoUringSendBlock? block))
         {
+            if (!idle.Add(block))
+            {
+                SendBlocksRecycledTwice++;
+                continue;
+            }
+
             block.Dispose();
         }
+
+        SendBlocksOutAtTeardown = _allSendBlocks.Count - idle.Count;
 
         KeepSendsAwaitingNotification();
     }
