@@ -78,6 +78,9 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     /// <summary>Owners (connections and listeners) in the operation table (read racily).</summary>
     public long ConnectionCount => Table.Count;
 
+    /// <summary>Work queued from other threads and not yet run, and whether the loop counts itself asleep (diagnostics).</summary>
+    internal string DescribeWakeState() => $"remoteWork={_remoteWork.Count} sleeping={Volatile.Read(ref _sleeping)} deferredOutputReads={_deferredOutputReads.Count}";
+
     /// <summary>The owners in the table, for a test's failure message (read racily from another thread).</summary>
     internal List<IOperationOwner> OwnersForTests()
     {

@@ -39,8 +39,22 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
         return $"dispatcher {Id}: starved={_receivesStarved} retries={_receiveRetries.Count} retried={StarvedReceiveRetries} " +
                $"available={_bufferRing?.Available} lent={_bufferRing?.Lent} returnedPending={Volatile.Read(ref _returnedPending)} " +
                $"owners={ConnectionCount} inFlight={InFlightOperations} sqPending={ring?.PendingSubmissions} sqPublished={ring?.PublishedSubmissions} cqReady={ring?.ReadyCompletions} " +
-               $"sqFlags=0x{ring?.SqFlags:x} wakeups={ring?.SubmissionThreadWakeups}" +
+               $"sqFlags=0x{ring?.SqFlags:x} wakeups={ring?.SubmissionThreadWakeups} {DescribeWakeState()}" +
+               (ring is null ? "" : "\n  ring: " + ReadRingInfo(ring)) +
                string.Concat(OwnersForTests().OfType<ProactorConnection>().Select(c => "\n  " + c.DescribeForTests()));
+    }
+
+    /// <summary>The kernel's own account of the ring (its fdinfo: heads, tails, armed polls), for a test's failure message.</summary>
+    private static string ReadRingInfo(IoUringRing ring)
+    {
+        try
+        {
+            return File.ReadAllText($"/proc/self/fdinfo/{ring.RingFd.Fd}").Replace("\n", "\n    ", StringComparison.Ordinal);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            return "unreadable: " + ex.Message;
+        }
     }
 
     /// <summary>Starved receives retried once a buffer was there for them (counted for tests).</summary>

@@ -12,7 +12,10 @@ internal static class KernelThreads
 {
     public static string Describe()
     {
-        var text = new StringBuilder("kernel threads:");
+        var text = new StringBuilder(
+            $"thread pool: threads={ThreadPool.ThreadCount} pending={ThreadPool.PendingWorkItemCount} completed={ThreadPool.CompletedWorkItemCount}\n");
+        var others = new Dictionary<string, int>();
+        text.Append("kernel threads:");
         try
         {
             foreach (string task in Directory.EnumerateDirectories("/proc/self/task"))
@@ -20,6 +23,10 @@ internal static class KernelThreads
                 string comm = ReadOrEmpty(Path.Combine(task, "comm")).Trim();
                 if (!comm.StartsWith("iou-", StringComparison.Ordinal) && !comm.StartsWith("Proactor", StringComparison.Ordinal))
                 {
+                    string st = ReadOrEmpty(Path.Combine(task, "stat"));
+                    int cl = st.LastIndexOf(')');
+                    string key = $"{comm} state={(cl > 0 && cl + 2 < st.Length ? st.Substring(cl + 2, 1) : "?")} wchan={ReadOrEmpty(Path.Combine(task, "wchan")).Trim()}";
+                    others[key] = others.GetValueOrDefault(key) + 1;
                     continue;
                 }
 
@@ -38,6 +45,14 @@ internal static class KernelThreads
             text.Append(" unreadable: ").Append(ex.Message);
         }
 
+        text.Append("\nother threads:");
+        foreach ((string key, int count) in others.OrderBy(pair => pair.Key, StringComparer.Ordinal))
+        {
+            text.Append($"\n  {count} x {key}");
+        }
+
+        Thread.Sleep(1000);
+        text.Append($"\nthread pool 1 s later: threads={ThreadPool.ThreadCount} pending={ThreadPool.PendingWorkItemCount} completed={ThreadPool.CompletedWorkItemCount}");
         return text.ToString();
     }
 
