@@ -291,7 +291,7 @@ internal sealed unsafe partial class IocpDispatcher : ProactorDispatcher
                 case ProactorConnectionListener { BackendState: IocpOperation accept } listener:
                     // The socket an AcceptEx in flight fills may already be connected (the OS finished the accept and
                     // its packet was never dequeued): nobody else will ever close it, and its client would wait on it
-                    // for good. Closing it ends the AcceptEx too; the block it writes into stays leaked.
+                    // for good. Closing it ends the AcceptEx too; the block it writes into is kept if the AcceptEx may still be pending.
                     accept.AcceptSocket?.Dispose();
                     accept.AcceptSocket = null;
                     listener.BackendState = null;

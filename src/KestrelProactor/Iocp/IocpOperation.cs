@@ -84,15 +84,18 @@ internal sealed unsafe class IocpOperation
         header->Bytes = 0;
     }
 
+    /// <summary>The operation's OVERLAPPED status still says STATUS_PENDING: the OS has not finished it.</summary>
+    private bool StatusPending => (uint)Header->Overlapped.Internal == NtStatus.STATUS_PENDING;
+
     /// <summary>For tests: the OS has finished the operation (its status left STATUS_PENDING), dequeued or not.</summary>
-    internal bool FinishedInKernelForTests => (uint)Header->Overlapped.Internal != NtStatus.STATUS_PENDING;
+    internal bool FinishedInKernelForTests => !StatusPending;
 
     /// <summary>
     /// Whether the OS may still use this slot's native block: counted in flight, or its status still says pending (a
     /// check on our own memory that holds whatever the books say, e.g. a packet a drain took for a later submission).
     /// </summary>
     public bool MayBeInKernel
-        => InFlight || (_block is { IsClosed: false } && (uint)Header->Overlapped.Internal == NtStatus.STATUS_PENDING);
+        => InFlight || (_block is { IsClosed: false } && StatusPending);
 
     /// <summary>At the end of the backend: frees the block when the OS is done with it, else keeps it for good. Returns 1 when kept.</summary>
     public int FreeOrKeep()
