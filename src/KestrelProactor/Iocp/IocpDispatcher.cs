@@ -147,8 +147,9 @@ internal sealed unsafe partial class IocpDispatcher : ProactorDispatcher
         // The OVERLAPPED is the first field of the operation's header; the user data follows it.
         var header = (IocpOperationHeader*)entry.lpOverlapped;
         IoResult result = PacketResult((uint)header->Overlapped.Internal, entry.dwNumberOfBytesTransferred);
-        // Taken from here on: its handling ends the operation (or holds the packet back), so a throw below leaves it
-        // to the handler's own books, not to the failure path's.
+        // Taken from here on: a throw below is left to the handler's books, not to the failure path's. Not before:
+        // once HandleCompletion has marked the operation over, a handler may submit the slot's next operation, which
+        // the packet's user data would then name. (A throw in the fault layer before that point keeps the block.)
         _batchNext++;
         Complete(header->UserData, result);
     }
