@@ -25,6 +25,10 @@ internal sealed unsafe partial class IocpDispatcher
             return;
         }
 
+        // Packets already out of the port that no handler took (the batch a throw cut short, completions the fault
+        // layer held back): their operations are over, and no drain would see their packets again.
+        EndDequeuedAfterFailure();
+
         int pending = 0;
         var owners = new List<IOperationOwner>();
         Table.CopyOwners(owners);
@@ -48,6 +52,42 @@ internal sealed unsafe partial class IocpDispatcher
         {
             DrainAfterFailure(pending);
         }
+    }
+
+    private void EndDequeuedAfterFailure()
+    {
+        for (; _batchNext < _batchCount; _batchNext++)
+        {
+            ref Kernel32.OVERLAPPED_ENTRY entry = ref _entries[_batchNext];
+            if (entry.lpCompletionKey != WakeKey && entry.lpOverlapped is not null)
+            {
+                EndPacketAfterFailure(((IocpOperationHeader*)entry.lpOverlapped)->UserData);
+            }
+        }
+
+        _batchCount = 0;
+        if (_faults is { HasHeld: true } faults)
+        {
+            var held = new List<IocpCompletion>();
+            faults.TakeDue(held, all: true);
+            foreach (IocpCompletion completion in held)
+            {
+                EndPacketAfterFailure(completion.UserData);
+            }
+        }
+    }
+
+    /// <summary>A packet read after the failure, or dequeued before it and never handled: its operation is over for the OS.</summary>
+    private bool EndPacketAfterFailure(ulong userData)
+    {
+        IOperationOwner? owner = Table.Peek(userData);
+        if (owner is not null && FindOperation(owner, OperationToken.KindOf(userData)) is { InFlight: true } operation)
+        {
+            EndedAfterFailure(operation);
+            return true;
+        }
+
+        return false;
     }
 
     /// <summary>Ends an operation in flight: at once when its result was already known, else by a cancel. Returns 1 when a packet is to come.</summary>
@@ -124,11 +164,8 @@ internal sealed unsafe partial class IocpDispatcher
                     continue;
                 }
 
-                ulong userData = ((IocpOperationHeader*)entry.lpOverlapped)->UserData;
-                IOperationOwner? owner = Table.Peek(userData);
-                if (owner is not null && FindOperation(owner, OperationToken.KindOf(userData)) is { InFlight: true } operation)
+                if (EndPacketAfterFailure(((IocpOperationHeader*)entry.lpOverlapped)->UserData))
                 {
-                    EndedAfterFailure(operation);
                     pending--;
                 }
             }

@@ -69,16 +69,25 @@ internal sealed unsafe partial class IocpDispatcher
     /// <summary>Delivers held completions that are due (all once a stop was asked for: a stop never waits on a hold).</summary>
     private void DeliverHeld(bool all)
     {
-        _faults!.TakeDue(_dueCompletions, all || StopRequested);
+        IocpFaultInjector faults = _faults!;
+        faults.TakeDue(_dueCompletions, all || StopRequested);
+        int next = 0;
         try
         {
-            foreach (IocpCompletion completion in _dueCompletions)
+            while (next < _dueCompletions.Count)
             {
+                IocpCompletion completion = _dueCompletions[next++];
                 DeliverWithFaults(completion.UserData, completion.Result);
             }
         }
         finally
         {
+            // A throw cut the delivery short: what was not delivered is held again, where the failure path finds it.
+            for (; next < _dueCompletions.Count; next++)
+            {
+                faults.Hold(_dueCompletions[next], _dueCompletions[next].UserData >> 16);
+            }
+
             _dueCompletions.Clear();
         }
     }

@@ -42,6 +42,12 @@ internal sealed unsafe partial class IocpDispatcher : ProactorDispatcher
     private nint _portHandle;
     private Kernel32.OVERLAPPED_ENTRY* _entries;
 
+    // The batch being handled: packets from _batchNext to _batchCount were dequeued and not yet taken by a handler.
+    // A throw out of the batch ends the loop; the failure path then ends those operations (SalvageAfterFailure), as
+    // it does those whose packets it drains, instead of waiting for packets that are already out of the port.
+    private uint _batchNext;
+    private uint _batchCount;
+
     public IocpDispatcher(int id, ProactorBackendContext context) : base(id, context)
     {
         _completeDeferred = CompleteDeferred;
@@ -101,11 +107,14 @@ internal sealed unsafe partial class IocpDispatcher : ProactorDispatcher
             throw new IocpException($"GetQueuedCompletionStatusEx failed: Win32 error {error}", error);
         }
 
-        for (uint i = 0; i < removed; i++)
+        _batchNext = 0;
+        _batchCount = removed;
+        while (_batchNext < _batchCount)
         {
-            HandlePacket(in _entries[i]);
+            HandlePacket(in _entries[_batchNext]);
         }
 
+        _batchCount = 0;
         if (removed != 0)
         {
             Context.Metrics.CompletionsPerWake.Record((int)removed);
@@ -117,16 +126,32 @@ internal sealed unsafe partial class IocpDispatcher : ProactorDispatcher
         }
     }
 
+    /// <summary>Tests only: runs before each dequeued packet is taken, on the dispatcher thread, to fail a batch midway.</summary>
+    internal static Action<IocpDispatcher>? TestPacketHook { get; set; }
+
+    /// <summary>For tests: packets of the batch being handled that no handler has taken yet, this one included.</summary>
+    internal uint PacketsLeftInBatch => _batchCount - _batchNext;
+
+    /// <summary>For tests: completions the fault layer holds back.</summary>
+    internal int HeldCompletionsForTests => _faults?.HeldCount ?? 0;
+
     private void HandlePacket(in Kernel32.OVERLAPPED_ENTRY entry)
     {
+        TestPacketHook?.Invoke(this);
         if (entry.lpCompletionKey == WakeKey || entry.lpOverlapped is null)
         {
+            _batchNext++;
             return;
         }
 
         // The OVERLAPPED is the first field of the operation's header; the user data follows it.
         var header = (IocpOperationHeader*)entry.lpOverlapped;
-        Complete(header->UserData, PacketResult((uint)header->Overlapped.Internal, entry.dwNumberOfBytesTransferred));
+        IoResult result = PacketResult((uint)header->Overlapped.Internal, entry.dwNumberOfBytesTransferred);
+        // Taken from here on: a throw below is left to the handler's books, not to the failure path's. Not before:
+        // once HandleCompletion has marked the operation over, a handler may submit the slot's next operation, which
+        // the packet's user data would then name. (A throw in the fault layer before that point keeps the block.)
+        _batchNext++;
+        Complete(header->UserData, result);
     }
 
     /// <summary>The result a packet carries: its status (left in <c>OVERLAPPED.Internal</c>) and bytes transferred.</summary>

@@ -154,4 +154,121 @@ public sealed class IocpFailureTests
         // nothing in flight and its output blocks went back instead of being kept for the OS for good.
         await IocpTestServer.WaitUntilAsync(() => pool.Outstanding == 0, $"every pool block came back ({pool.Outstanding} out)");
     }
+
+    [Fact]
+    public async Task PortFails_MidwayThroughABatch_TheOperationsWhosePacketsItHeldEnd_NoBlockIsKept()
+    {
+        Assert.SkipUnless(OperatingSystem.IsWindows(), "The IOCP backend exists only on Windows.");
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o => o.DispatcherCount = 1);
+        IocpDispatcher target = Assert.Single(IocpTestServer.Dispatchers(harness));
+        (Socket clientA, ConnectionContext a) = await harness.ConnectAndAcceptAsync();
+        (Socket clientB, ConnectionContext b) = await harness.ConnectAndAcceptAsync();
+        IocpOperation receiveA = await ReceiveOfAsync(a), receiveB = await ReceiveOfAsync(b);
+        await IocpTestServer.WaitUntilAsync(() => receiveA.InFlight && receiveB.InFlight, "both connections wait for data");
+
+        using var hookEntered = new ManualResetEventSlim();
+        int armed = 1, thrown = 0;
+        bool bothFinished = false;
+        // On the dispatcher thread, between passes: both receives finish in the OS now, so the next dequeue takes
+        // both packets in one batch, and the batch fails before any of them is handled.
+        ProactorDispatcher.TestLoopHook = d =>
+        {
+            if (ReferenceEquals(d, target) && Interlocked.Exchange(ref armed, 0) == 1)
+            {
+                hookEntered.Set();
+                bothFinished = SpinWait.SpinUntil(() => receiveA.FinishedInKernelForTests && receiveB.FinishedInKernelForTests, TestTimeouts.Default);
+            }
+        };
+        IocpDispatcher.TestPacketHook = d =>
+        {
+            if (ReferenceEquals(d, target) && d.PacketsLeftInBatch >= 2 && Interlocked.Exchange(ref thrown, 1) == 0)
+            {
+                throw new InvalidOperationException("injected failure midway through a batch of packets");
+            }
+        };
+        try
+        {
+            DateTime deadline = DateTime.UtcNow + TestTimeouts.Default;
+            do
+            {
+                target.Schedule(static _ => { }, null);
+            }
+            while (!hookEntered.Wait(TimeSpan.FromMilliseconds(100)) && DateTime.UtcNow < deadline);
+
+            Assert.True(hookEntered.IsSet, "The dispatcher did not reach its next pass.");
+            await clientA.SendAsync(new byte[] { 1 }, SocketFlags.None).DefaultTimeout();
+            await clientB.SendAsync(new byte[] { 2 }, SocketFlags.None).DefaultTimeout();
+            await target.Ended.WaitAsync(TestTimeouts.Default);
+        }
+        finally
+        {
+            ProactorDispatcher.TestLoopHook = null;
+            IocpDispatcher.TestPacketHook = null;
+        }
+
+        Assert.True(bothFinished, "The receives did not finish while their dispatcher waited.");
+        Assert.Equal(1, thrown);
+        Assert.True(target.HasFailed);
+        // Assert: the packets the failed batch had taken out of the port ended their operations, so their native
+        // blocks were freed; without that, the drain waited for packets that would never come and kept them for good.
+        Assert.Equal(0, target.NativeBlocksKeptAtTeardown);
+    }
+
+    [Fact]
+    public async Task PortFails_WithCompletionsHeldBack_TheyEndTheirOperations_NoBlockIsKept()
+    {
+        Assert.SkipUnless(OperatingSystem.IsWindows(), "The IOCP backend exists only on Windows.");
+        // Every completion is held back for a few passes (the fault layer's reordering), nothing else is injected.
+        IocpFaultPlan.Current = new IocpFaultPlan(seed: 1, rate: 1.0) { Only = new HashSet<string> { "hold" } };
+        ListenerHarness harness;
+        try
+        {
+            harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o => o.DispatcherCount = 1);
+        }
+        finally
+        {
+            IocpFaultPlan.Current = null;
+        }
+
+        await using (harness)
+        {
+            IocpDispatcher target = Assert.Single(IocpTestServer.Dispatchers(harness));
+            (Socket client, ConnectionContext accepted) = await harness.ConnectAndAcceptAsync();
+            IocpOperation receive = await ReceiveOfAsync(accepted);
+            await IocpTestServer.WaitUntilAsync(() => receive.InFlight, "the connection waits for data");
+
+            int held = 0;
+            ProactorDispatcher.TestLoopHook = d =>
+            {
+                // On the dispatcher thread: fail once the receive's packet was dequeued and is held back.
+                if (ReferenceEquals(d, target) && receive.FinishedInKernelForTests && target.HeldCompletionsForTests > 0 && receive.InFlight)
+                {
+                    held = target.HeldCompletionsForTests;
+                    throw new InvalidOperationException("injected completion port failure while completions are held back");
+                }
+            };
+            try
+            {
+                await client.SendAsync(new byte[] { 1 }, SocketFlags.None).DefaultTimeout();
+                await target.Ended.WaitAsync(TestTimeouts.Default);
+            }
+            finally
+            {
+                ProactorDispatcher.TestLoopHook = null;
+            }
+
+            Assert.True(held > 0, "The dispatcher did not fail while a completion was held back.");
+            Assert.True(target.HasFailed);
+            // Assert: the held packets ended their operations (no drain would see them again), so no block was kept.
+            Assert.Equal(0, target.NativeBlocksKeptAtTeardown);
+        }
+    }
+
+    /// <summary>The connection's receive slot, once its dispatcher has started it (the state is made on first use).</summary>
+    private static async Task<IocpOperation> ReceiveOfAsync(ConnectionContext connection)
+    {
+        var proactor = Assert.IsType<ProactorConnection>(connection);
+        await IocpTestServer.WaitUntilAsync(() => proactor.BackendState is IocpConnectionState, "the connection's first receive");
+        return ((IocpConnectionState)proactor.BackendState!).Receive;
+    }
 }
