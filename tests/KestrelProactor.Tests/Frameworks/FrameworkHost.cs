@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using System.Net.WebSockets;
+using KestrelProactor.Tests.EndToEnd;
 using KestrelProactor.Tests.Infrastructure;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Connections;
@@ -17,7 +18,8 @@ namespace KestrelProactor.Tests.Frameworks;
 /// <summary>
 /// A real ASP.NET Core application (a framework's services and endpoints) on Kestrel with the transport under test:
 /// <see cref="TransportKind.Sockets"/> is plain Kestrel, every other kind adds <c>UseProactorTransport</c> with its
-/// preset and fallback off. It listens on 127.0.0.1:0 or on a fresh Unix socket, with the protocols asked for, and
+/// preset and fallback off. It listens on 127.0.0.1:0 or on a fresh Unix socket, with the protocols asked for (over TLS
+/// with the test certificate when asked), and
 /// makes clients that reach that endpoint whatever host a request names.
 /// </summary>
 internal sealed class FrameworkHost : IAsyncDisposable
@@ -45,7 +47,8 @@ internal sealed class FrameworkHost : IAsyncDisposable
         TransportEndpoint endpoint,
         HttpProtocols protocols,
         Action<IServiceCollection> services,
-        Action<WebApplication> endpoints)
+        Action<WebApplication> endpoints,
+        bool tls = false)
     {
         WebApplicationBuilder builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
         {
@@ -57,13 +60,22 @@ internal sealed class FrameworkHost : IAsyncDisposable
         UnixSocketPath? unixPath = endpoint == TransportEndpoint.Unix ? new UnixSocketPath() : null;
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
+            void Configure(ListenOptions listen)
+            {
+                listen.Protocols = protocols;
+                if (tls)
+                {
+                    listen.UseHttps(TestCertificate.Certificate);
+                }
+            }
+
             if (unixPath is not null)
             {
-                kestrel.ListenUnixSocket(unixPath.Path, o => o.Protocols = protocols);
+                kestrel.ListenUnixSocket(unixPath.Path, Configure);
             }
             else
             {
-                kestrel.Listen(IPAddress.Loopback, 0, o => o.Protocols = protocols);
+                kestrel.Listen(IPAddress.Loopback, 0, Configure);
             }
         });
         if (kind != TransportKind.Sockets)
@@ -79,7 +91,7 @@ internal sealed class FrameworkHost : IAsyncDisposable
         {
             await app.StartAsync().LongTimeout();
             string address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-            host.BaseAddress = unixPath is null ? new Uri(address) : new Uri("http://localhost/");
+            host.BaseAddress = unixPath is null ? new Uri(address) : new Uri(tls ? "https://localhost/" : "http://localhost/");
             host.AssertBoundWithExpectedTransport();
             return host;
         }
@@ -94,6 +106,7 @@ internal sealed class FrameworkHost : IAsyncDisposable
     public SocketsHttpHandler CreateHandler()
     {
         var handler = new SocketsHttpHandler { PooledConnectionLifetime = Timeout.InfiniteTimeSpan, AllowAutoRedirect = false };
+        handler.SslOptions.RemoteCertificateValidationCallback = TestCertificate.Validate;
         if (_unixPath is not null)
         {
             EndPoint target = _unixPath.EndPoint;

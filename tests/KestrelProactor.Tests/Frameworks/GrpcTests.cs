@@ -24,6 +24,21 @@ public sealed class GrpcTests
     public async Task EveryCallKind_BytesIntact(TransportKind kind, TransportEndpoint endpoint)
     {
         await using FrameworkHost host = await StartAsync(kind, endpoint);
+        await EveryCallKindAsync(host);
+    }
+
+    /// <summary>HTTP/2 chosen by ALPN over TLS, where a 16 KiB record and a 16 KiB frame straddle each other.</summary>
+    [Theory]
+    [MemberData(nameof(TransportMatrix.Presets), MemberType = typeof(TransportMatrix))]
+    public async Task EveryCallKind_OverTls_BytesIntact(TransportKind kind)
+    {
+        await using FrameworkHost host = await StartAsync(kind, TransportEndpoint.Tcp, tls: true);
+        Assert.Equal(Uri.UriSchemeHttps, host.BaseAddress.Scheme);
+        await EveryCallKindAsync(host);
+    }
+
+    private static async Task EveryCallKindAsync(FrameworkHost host)
+    {
         using GrpcChannel channel = CreateChannel(host);
         var client = new Echo.EchoClient(channel);
 
@@ -132,17 +147,18 @@ public sealed class GrpcTests
         Assert.Equal("after", after.Data.ToStringUtf8());
     }
 
-    private static Task<FrameworkHost> StartAsync(TransportKind kind, TransportEndpoint endpoint)
+    private static Task<FrameworkHost> StartAsync(TransportKind kind, TransportEndpoint endpoint, bool tls = false)
         => FrameworkHost.StartAsync(
             kind,
             endpoint,
-            HttpProtocols.Http2,
+            tls ? HttpProtocols.Http1AndHttp2 : HttpProtocols.Http2,
             services =>
             {
                 services.AddGrpc(o => o.MaxReceiveMessageSize = 4 * 1024 * 1024);
                 services.AddSingleton<EchoState>();
             },
-            app => app.MapGrpcService<EchoService>());
+            app => app.MapGrpcService<EchoService>(),
+            tls);
 
     private static GrpcChannel CreateChannel(FrameworkHost host)
         => GrpcChannel.ForAddress(host.BaseAddress, new GrpcChannelOptions
