@@ -32,6 +32,7 @@ public sealed class GrpcTests
     [MemberData(nameof(TransportMatrix.Presets), MemberType = typeof(TransportMatrix))]
     public async Task EveryCallKind_OverTls_BytesIntact(TransportKind kind)
     {
+        Assert.SkipWhen(TestHost.IsWine, TestHost.WineNoCngEcdsa);
         await using FrameworkHost host = await StartAsync(kind, TransportEndpoint.Tcp, tls: true);
         Assert.Equal(Uri.UriSchemeHttps, host.BaseAddress.Scheme);
         await EveryCallKindAsync(host);
