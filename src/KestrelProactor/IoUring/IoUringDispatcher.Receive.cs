@@ -44,6 +44,11 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
                string.Concat(OwnersForTests().OfType<ProactorConnection>().Select(c => "\n  " + c.DescribeForTests()));
     }
 
+    /// <summary>A one-line sample of the receive side's counters, for a test's periodic log (read racily).</summary>
+    internal string SampleReceiveState()
+        => $"d{Id} starved={_receivesStarved} retries={_receiveRetries.Count} retried={StarvedReceiveRetries} " +
+           $"available={_bufferRing?.Available} lent={_bufferRing?.Lent} returnedPending={Volatile.Read(ref _returnedPending)} owners={ConnectionCount}";
+
     /// <summary>The kernel's own account of the ring (its fdinfo: heads, tails, armed polls), for a test's failure message.</summary>
     private static string ReadRingInfo(IoUringRing ring)
     {
@@ -190,6 +195,7 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
             // socket. Retried once a buffer is back. (Without a ring, ENOBUFS is the socket's own error.)
             Context.Metrics.NoBufferCount.Add(1);
             _bufferRing.OnExhausted();
+            connection.OnReceiveStarved();
             _receiveRetries.Add(connection);
             _receivesStarved = true;
             Table.OnSubmitted(connection.Token); // still counted as in flight until resubmitted
@@ -294,6 +300,7 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
                 continue;
             }
 
+            connection.OnStarvedReceiveRetried();
             // The placeholder count taken at -ENOBUFS is handed to the new submission.
             Table.OnCompleted(connection.Token.ToUserData(OperationKind.Receive), final: true);
             if (ending)

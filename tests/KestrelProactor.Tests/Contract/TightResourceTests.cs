@@ -53,13 +53,25 @@ public sealed class TightResourceTests
         using CounterRecorder? exhausted = ringMustRunDry
             ? new CounterRecorder(((ProactorTransportFactory)harness.Factory).Backend!.Dispatchers[0].Context.Metrics.NoBufferCount)
             : null;
+        var log = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        KestrelProactor.IoUring.IoUringDispatcher[] dispatchers = harness.Factory is ProactorTransportFactory { Backend: { } b }
+            ? b.Dispatchers.OfType<KestrelProactor.IoUring.IoUringDispatcher>().ToArray()
+            : [];
+        using var sampler = new Timer(_ =>
+        {
+            log.Enqueue($"{clock.ElapsedMilliseconds,6}ms pool: threads={ThreadPool.ThreadCount} queued={ThreadPool.PendingWorkItemCount} completed={ThreadPool.CompletedWorkItemCount} " +
+                        string.Join(" | ", dispatchers.Select(d => d.SampleReceiveState())));
+        }, null, 0, 1000);
         Task<Task[]> acceptLoop = Task.Run(async () =>
         {
             var echoes = new Task[ClientCount];
             for (int i = 0; i < ClientCount; i++)
             {
                 ConnectionContext connection = await harness.AcceptAsync();
+                string id = connection.ConnectionId;
                 echoes[i] = ServerPipes.EchoAsync(connection);
+                _ = echoes[i].ContinueWith(t => log.Enqueue($"{clock.ElapsedMilliseconds,6}ms echo {id} ended: {t.Status} {t.Exception?.InnerException?.GetType().Name} {t.Exception?.InnerException?.StackTrace?.Split('\n').FirstOrDefault()?.Trim()}"), TaskScheduler.Default);
             }
 
             return echoes;
@@ -70,8 +82,17 @@ public sealed class TightResourceTests
         {
             byte[] payload = RawClient.CreatePayload(PayloadSize, seed: i);
             Socket client = await harness.ConnectAsync();
-            byte[] echoed = await RawClient.ExchangeAsync(client, payload);
-            return echoed.Length == payload.Length && RawClient.Hash(echoed) == RawClient.Hash(payload);
+            try
+            {
+                byte[] echoed = await RawClient.ExchangeAsync(client, payload);
+                log.Enqueue($"{clock.ElapsedMilliseconds,6}ms client {i} done");
+                return echoed.Length == payload.Length && RawClient.Hash(echoed) == RawClient.Hash(payload);
+            }
+            catch (Exception ex)
+            {
+                log.Enqueue($"{clock.ElapsedMilliseconds,6}ms client {i} failed: {ex.GetType().Name} {ex.StackTrace?.Split('\n').FirstOrDefault()?.Trim()}");
+                throw;
+            }
         }, TestContext.Current.CancellationToken)).ToArray();
 
         bool[] intact;
@@ -88,6 +109,10 @@ public sealed class TightResourceTests
             }
 
             TestContext.Current.TestOutputHelper?.WriteLine(KernelThreads.Describe());
+            foreach (string line in log)
+            {
+                TestContext.Current.TestOutputHelper?.WriteLine(line);
+            }
 
             throw;
         }
