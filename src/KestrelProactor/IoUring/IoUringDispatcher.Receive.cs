@@ -16,7 +16,14 @@ namespace KestrelProactor.IoUring;
 /// </summary>
 internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
 {
-    private readonly List<ProactorConnection> _receiveRetries = new();
+    // Receives waiting for a buffer, in the order they are served (by their turn, see QueueForBuffer), and the
+    // list RetryStarvedReceives works through while handlers may queue receives again.
+    private List<ProactorConnection> _receiveRetries = new();
+    private List<ProactorConnection> _retrying = new();
+    private long _lastReceiveTurn;
+
+    // Retried receives whose completion has not come (RetriedForBuffer set): until it has, a fresh receive queues.
+    private int _retriesUnanswered;
     private readonly ConcurrentQueue<ushort> _returnedBuffers = new();
     private volatile bool _receivesStarved;
     private int _returnedPending;
@@ -61,6 +68,9 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
             return "unreadable: " + ex.Message;
         }
     }
+
+    /// <summary>Tests only: runs on the dispatcher for each receive completion that brought a ring buffer, before it is handled.</summary>
+    internal Action<ProactorConnection>? BufferReceivedForTests { get; set; }
 
     /// <summary>Starved receives retried once a buffer was there for them (counted for tests).</summary>
     public long StarvedReceiveRetries { get; private set; }
@@ -128,19 +138,20 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
     {
         if (_bufferRing is not null)
         {
-            io_uring_sqe* sqe = TakeSqe(connection, OperationKind.Receive);
-            sqe->opcode = IORING_OP_RECV;
-            sqe->fd = FdOf(connection.Socket);
-            // The kernel picks a buffer only when data has arrived (len 0: the buffer's size).
-            sqe->flags = IOSQE_BUFFER_SELECT;
-            sqe->buf_index = _bufferRing.GroupId;
-            if (_multishotReceive)
+            if (_receiveRetries.Count != 0 || _retriesUnanswered != 0)
             {
-                // Stays armed: one completion per arrival, each with a buffer, until cancelled or the peer ends.
-                sqe->ioprio = IORING_RECV_MULTISHOT;
+                // Receives wait for buffers, or were retried and have not completed yet (their -ENOBUFS may be in
+                // the completions still to be handled): this one queues behind them instead of going out first and
+                // taking the next buffer from them; a connection that re-arms after each receive would otherwise be
+                // served until its socket is drained, while the queue waits. It goes out from the queue at the
+                // start of the next pass, before the enter it would have gone out with, if a buffer is there for
+                // it. Counted in flight, as a starved one.
+                QueueForBuffer(connection);
+                Table.OnSubmitted(connection.Token);
+                return;
             }
 
-            Track(sqe, connection, OperationKind.Receive);
+            SubmitRingReceive(connection);
             return;
         }
 
@@ -160,6 +171,24 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
         poll->op_flags = Sys.POLLIN; // errors and hang-ups are always reported
         state.Polling = true;
         Track(poll, connection, OperationKind.Receive);
+    }
+
+    /// <summary>Ring tier: a receive whose buffer the kernel picks from the ring once data has arrived.</summary>
+    private void SubmitRingReceive(ProactorConnection connection)
+    {
+        io_uring_sqe* sqe = TakeSqe(connection, OperationKind.Receive);
+        sqe->opcode = IORING_OP_RECV;
+        sqe->fd = FdOf(connection.Socket);
+        // The kernel picks a buffer only when data has arrived (len 0: the buffer's size).
+        sqe->flags = IOSQE_BUFFER_SELECT;
+        sqe->buf_index = _bufferRing!.GroupId;
+        if (_multishotReceive)
+        {
+            // Stays armed: one completion per arrival, each with a buffer, until cancelled or the peer ends.
+            sqe->ioprio = IORING_RECV_MULTISHOT;
+        }
+
+        Track(sqe, connection, OperationKind.Receive);
     }
 
     /// <summary>
@@ -195,11 +224,15 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
             // socket. Retried once a buffer is back. (Without a ring, ENOBUFS is the socket's own error.)
             Context.Metrics.NoBufferCount.Add(1);
             _bufferRing.OnExhausted();
-            connection.OnReceiveStarved();
-            _receiveRetries.Add(connection);
-            _receivesStarved = true;
+            QueueForBuffer(connection);
             Table.OnSubmitted(connection.Token); // still counted as in flight until resubmitted
             return;
+        }
+
+        if (connection.BackendState is IoUringConnectionState receiving)
+        {
+            // Data (or the receive's end): a retry that got here was served; its next wait starts a new turn.
+            EndRetry(receiving);
         }
 
         if ((cqe.flags & IORING_CQE_F_BUFFER) != 0)
@@ -226,6 +259,7 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
     {
         ushort bufferId = (ushort)(cqe.flags >> IORING_CQE_BUFFER_SHIFT);
         ReadOnlySpan<byte> data = _bufferRing!.GetData(bufferId, Math.Max(cqe.res, 0));
+        BufferReceivedForTests?.Invoke(connection);
         _deliveringBufferId = bufferId;
         _deliveredBufferTaken = false;
         try
@@ -274,12 +308,60 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
     }
 
     /// <summary>
-    /// Resubmits the receives that found the ring empty, once the ring has a buffer for them by this dispatcher's
+    /// Queues a receive that waits for a buffer: found the ring empty (-ENOBUFS), or came while others wait. The
+    /// queue is served in turn: a receive gets a new turn (the back of the queue) when it starts waiting, but one
+    /// that was retried and found the ring empty again, without data in between, keeps the turn it had. Without
+    /// that, every retry round reordered the queue by completion, and the connection that took the buffer (its
+    /// data, then its own -ENOBUFS, complete before the others' retries are even looked at) came first again: it
+    /// was served until its socket was drained while the rest waited, for as long as the whole transfer when the
+    /// ring is small and its peer keeps sending.
+    /// </summary>
+    private void QueueForBuffer(ProactorConnection connection)
+    {
+        IoUringConnectionState state = StateOf(connection);
+        if (!state.RetriedForBuffer)
+        {
+            state.ReceiveTurn = ++_lastReceiveTurn;
+        }
+
+        EndRetry(state);
+        connection.OnReceiveStarved();
+        InsertByTurn(_receiveRetries, connection, state.ReceiveTurn);
+        _receivesStarved = true;
+    }
+
+    // A retried receive completed (or failed to go out): it no longer holds fresh receives back.
+    private void EndRetry(IoUringConnectionState state)
+    {
+        if (state.RetriedForBuffer)
+        {
+            state.RetriedForBuffer = false;
+            _retriesUnanswered--;
+        }
+    }
+
+    // Keeps the queue ordered by turn; a new turn (the usual case) goes at the back at once.
+    private static void InsertByTurn(List<ProactorConnection> queue, ProactorConnection connection, long turn)
+    {
+        int at = queue.Count;
+        while (at > 0 && StateOf(queue[at - 1]).ReceiveTurn > turn)
+        {
+            at--;
+        }
+
+        queue.Insert(at, connection);
+    }
+
+    /// <summary>
+    /// Resubmits the receives that wait for a buffer, in turn, once the ring has a buffer for them by this dispatcher's
     /// count (all buffers handed to the kernel, minus those whose completions arrived, plus those returned). Until
     /// then they wait: a retry with none would find the ring empty again at once, and an application thread that
     /// returns a buffer wakes the dispatcher while receives are starved. A count that is ahead of the kernel (it has
     /// filled buffers whose completions are still coming) costs one more round trip, no more: those completions
-    /// correct it. Receives of a connection that is closing or paused end at once, as cancelled.
+    /// correct it. All of them go out, first turn first: the kernel gives the buffers to the first that have data,
+    /// and a receive that finds no data waits for it without holding a buffer (retrying only as many as there are
+    /// buffers could leave the rest waiting behind one that has nothing to receive, with nothing to wake the
+    /// dispatcher). Receives of a connection that is closing or paused end at once, as cancelled.
     /// </summary>
     private void RetryStarvedReceives()
     {
@@ -289,19 +371,19 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
         }
 
         bool buffers = _bufferRing!.Available > 0;
-        int kept = 0;
-        for (int i = 0; i < _receiveRetries.Count; i++)
+        // Worked through from a list of its own: ending a receive runs the connection's handler, which may queue one.
+        (_retrying, _receiveRetries) = (_receiveRetries, _retrying);
+        foreach (ProactorConnection connection in _retrying)
         {
-            ProactorConnection connection = _receiveRetries[i];
             bool ending = connection.IsClosing || connection.IsReceivePaused;
             if (!ending && !buffers)
             {
-                _receiveRetries[kept++] = connection;
+                InsertByTurn(_receiveRetries, connection, StateOf(connection).ReceiveTurn);
                 continue;
             }
 
             connection.OnStarvedReceiveRetried();
-            // The placeholder count taken at -ENOBUFS is handed to the new submission.
+            // The placeholder count taken when it was queued is handed to the new submission.
             Table.OnCompleted(connection.Token.ToUserData(OperationKind.Receive), final: true);
             if (ending)
             {
@@ -312,9 +394,12 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
             }
 
             StarvedReceiveRetries++;
+            IoUringConnectionState state = StateOf(connection);
             try
             {
-                SubmitReceive(connection);
+                SubmitRingReceive(connection);
+                state.RetriedForBuffer = true;
+                _retriesUnanswered++;
             }
             catch (Exception ex)
             {
@@ -324,7 +409,7 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
             }
         }
 
-        _receiveRetries.RemoveRange(kept, _receiveRetries.Count - kept);
-        _receivesStarved = kept != 0;
+        _retrying.Clear();
+        _receivesStarved = _receiveRetries.Count != 0;
     }
 }
