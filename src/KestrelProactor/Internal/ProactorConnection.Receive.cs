@@ -77,7 +77,7 @@ internal sealed partial class ProactorConnection
         long starvedSince = _starvedSince;
         long last = _lastReceiveAt;
         return $"recvLastAgo={(last == 0 ? -1 : Milliseconds(now - last))}ms recvMaxGap={Milliseconds(_longestReceiveGap)}ms " +
-               $"enobufs={_starvedReceives} starvedNow={(starvedSince == 0 ? 0 : Milliseconds(now - starvedSince))}ms " +
+               $"bufferWaits={_starvedReceives} starvedNow={(starvedSince == 0 ? 0 : Milliseconds(now - starvedSince))}ms " +
                $"starvedTotal={Milliseconds(_starvedTotal)}ms starvedMax={Milliseconds(_longestStarved)}ms";
     }
 
