@@ -72,6 +72,9 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
     /// <summary>Tests only: runs on the dispatcher for each receive completion that brought a ring buffer, before it is handled.</summary>
     internal Action<ProactorConnection>? BufferReceivedForTests { get; set; }
 
+    /// <summary>For tests: receives waiting in the queue for a ring buffer (read on the dispatcher thread).</summary>
+    internal int QueuedReceivesForTests => _receiveRetries.Count;
+
     /// <summary>Starved receives retried once a buffer was there for them (counted for tests).</summary>
     public long StarvedReceiveRetries { get; private set; }
 
@@ -259,11 +262,11 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
     {
         ushort bufferId = (ushort)(cqe.flags >> IORING_CQE_BUFFER_SHIFT);
         ReadOnlySpan<byte> data = _bufferRing!.GetData(bufferId, Math.Max(cqe.res, 0));
-        BufferReceivedForTests?.Invoke(connection);
         _deliveringBufferId = bufferId;
         _deliveredBufferTaken = false;
         try
         {
+            BufferReceivedForTests?.Invoke(connection);
             // What the handler returns is not trusted for the buffer's fate: it may throw after the pipe took it.
             DispatchCompletion(connection, OperationKind.Receive, ToResult(cqe.res), more, data, null, bufferId);
         }
@@ -375,7 +378,9 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
         (_retrying, _receiveRetries) = (_receiveRetries, _retrying);
         foreach (ProactorConnection connection in _retrying)
         {
-            bool ending = connection.IsClosing || connection.IsReceivePaused;
+            // A cancel asked for while it waited (the input ended, or a pause that has since resumed) found nothing
+            // in the kernel: it ends here instead, or a multishot receive would go out and stay armed past it.
+            bool ending = connection.IsClosing || connection.IsReceivePaused || connection.ReceiveCancelRequested;
             if (!ending && !buffers)
             {
                 InsertByTurn(_receiveRetries, connection, StateOf(connection).ReceiveTurn);
@@ -411,5 +416,21 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
 
         _retrying.Clear();
         _receivesStarved = _receiveRetries.Count != 0;
+    }
+
+    /// <summary>
+    /// The end of the ring (after a failure, or a healthy end whose time ran out): receives still waiting for a buffer
+    /// never reached the kernel, so the count each holds in flight ends here, no handler run, and its owner is released
+    /// as done rather than kept with its memory as maybe-live.
+    /// </summary>
+    private void ForgetQueuedReceives()
+    {
+        foreach (ProactorConnection connection in _receiveRetries)
+        {
+            Table.OnCompleted(connection.Token.ToUserData(OperationKind.Receive), final: true);
+        }
+
+        _receiveRetries.Clear();
+        _receivesStarved = false;
     }
 }
