@@ -31,6 +31,9 @@ internal sealed partial class ProactorConnection
     private bool _finished;
     private int _releasedAfterFailure;
     private bool _memoryKeptForKernel;
+
+    /// <summary>For tests: this connection's pipe memory was kept out of the pool for good when its dispatcher failed.</summary>
+    internal bool MemoryKeptForKernelForTests => _memoryKeptForKernel;
     private Task? _connectionClosedTask;
 
     /// <summary>

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Diagnostics;
 using System.IO.Pipelines;
 using System.Net.Sockets;
 using KestrelProactor.Dispatching;
@@ -28,7 +29,62 @@ internal sealed partial class ProactorConnection
     /// <summary>Buffers this connection may hold before further data is copied instead of lent.</summary>
     private readonly int _lentBufferCap;
 
+    // Receive timing, for a stalled test's failure message: Stopwatch timestamps and tick counts, written on the
+    // dispatcher only and read racily. The last receive completion and the longest gap between two; the receives
+    // that found the buffer ring empty, how long they waited for a buffer in all and at most.
+    private long _lastReceiveAt;
+    private long _longestReceiveGap;
+    private int _starvedReceives;
+    private long _starvedSince;
+    private long _starvedTotal;
+    private long _longestStarved;
+
     public bool ReceiveActive => _receiveActive;
+
+    /// <summary>Dispatcher: this connection's receive found the buffer ring empty and waits for a buffer.</summary>
+    internal void OnReceiveStarved()
+    {
+        _starvedReceives++;
+        _starvedSince = Stopwatch.GetTimestamp();
+    }
+
+    /// <summary>Dispatcher: the starved receive went out again (or ended).</summary>
+    internal void OnStarvedReceiveRetried()
+    {
+        if (_starvedSince != 0)
+        {
+            long waited = Stopwatch.GetTimestamp() - _starvedSince;
+            _starvedSince = 0;
+            _starvedTotal += waited;
+            _longestStarved = Math.Max(_longestStarved, waited);
+        }
+    }
+
+    private void NoteReceiveCompleted()
+    {
+        long now = Stopwatch.GetTimestamp();
+        if (_lastReceiveAt != 0)
+        {
+            _longestReceiveGap = Math.Max(_longestReceiveGap, now - _lastReceiveAt);
+        }
+
+        _lastReceiveAt = now;
+    }
+
+    private string DescribeReceiveTimingForTests()
+    {
+        long now = Stopwatch.GetTimestamp();
+        long starvedSince = _starvedSince;
+        long last = _lastReceiveAt;
+        return $"recvLastAgo={(last == 0 ? -1 : Milliseconds(now - last))}ms recvMaxGap={Milliseconds(_longestReceiveGap)}ms " +
+               $"bufferWaits={_starvedReceives} starvedNow={(starvedSince == 0 ? 0 : Milliseconds(now - starvedSince))}ms " +
+               $"starvedTotal={Milliseconds(_starvedTotal)}ms starvedMax={Milliseconds(_longestStarved)}ms";
+    }
+
+    internal static long Milliseconds(long ticks) => ticks * 1000 / Stopwatch.Frequency;
+
+    /// <summary>True while a cancel of the receive in flight was asked for and its end has not come.</summary>
+    public bool ReceiveCancelRequested => _receiveCancelRequested;
 
     /// <summary>True while back-pressure holds receiving (the application has not caught up).</summary>
     public bool IsReceivePaused => _inputFlushPending;
@@ -59,6 +115,7 @@ internal sealed partial class ProactorConnection
     /// <returns>True when the connection took buffer <paramref name="lentBufferId"/> (it goes back when the application consumed it).</returns>
     public bool OnReceiveCompleted(IoResult result, ReadOnlySpan<byte> data, bool more, int lentBufferId)
     {
+        NoteReceiveCompleted();
         if (!more)
         {
             _receiveActive = false;

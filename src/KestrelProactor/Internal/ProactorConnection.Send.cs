@@ -13,7 +13,7 @@ internal sealed partial class ProactorConnection
     internal string DescribeForTests()
         => $"{ConnectionId}: recvActive={_receiveActive} paused={_inputFlushPending} inputEnded={_inputEnded} " +
            $"sendActive={_sendActive} outputReadPending={_outputReadPending} outputEnded={_outputEnded} deferral={_deferral} " +
-           $"unsent={_unsent.Length} closing={_closeStarted} input=[{_lendingInput?.DescribeForTests()}]";
+           $"unsent={_unsent.Length} closing={_closeStarted} {DescribeReceiveTimingForTests()} input=[{_lendingInput?.DescribeForTests()}]";
 
     private bool _sendActive;
     private bool _outputReadPending;

@@ -22,6 +22,7 @@ internal sealed partial class ProactorInputPipe
         if (_readPending && IsSignaled)
         {
             _readPending = false;
+            NoteReadWoken();
             return true;
         }
 
@@ -39,6 +40,7 @@ internal sealed partial class ProactorInputPipe
             }
 
             _readPending = false;
+            NoteReadWoken();
             _cancelRequested = true;
             _signaled = true;
         }

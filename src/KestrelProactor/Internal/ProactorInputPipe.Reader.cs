@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Diagnostics;
 using System.IO.Pipelines;
 
 namespace KestrelProactor.Internal;
@@ -33,7 +34,36 @@ internal sealed partial class ProactorInputPipe
     private const string ConcurrentReads = "Concurrent reads or writes are not supported.";
 
     internal string DescribeForTests()
-        => $"end={_end} examined={_examined} readEnd={_readEnd} readPending={_readPending} signaled={_signaled} state={_readState} lent={_lentCount} paused={_paused}";
+    {
+        long now = Stopwatch.GetTimestamp();
+        long pendingSince = _readPendingSince;
+        long wokenAt = _readWokenAt;
+        return $"end={_end} examined={_examined} readEnd={_readEnd} readPending={_readPending} signaled={_signaled} state={_readState} lent={_lentCount} paused={_paused} " +
+               $"readWaitNow={(pendingSince == 0 ? 0 : ProactorConnection.Milliseconds(now - pendingSince))}ms readWaitMax={ProactorConnection.Milliseconds(_longestReadWait)}ms " +
+               $"wokenNotTakenFor={(wokenAt == 0 ? 0 : ProactorConnection.Milliseconds(now - wokenAt))}ms wakeToResultMax={ProactorConnection.Milliseconds(_longestWakeToResult)}ms " +
+               $"lastResultAgo={(_lastResultAt == 0 ? -1 : ProactorConnection.Milliseconds(now - _lastResultAt))}ms";
+    }
+
+    // Read timing, for a stalled test's failure message (Stopwatch timestamps; read racily): since when a read has
+    // waited for data, when it was woken and not yet taken, the longest of each wait, when the last result was built.
+    private long _readPendingSince;
+    private long _readWokenAt;
+    private long _longestReadWait;
+    private long _longestWakeToResult;
+    private long _lastResultAt;
+
+    // Under _sync or just after: a pending read is about to be completed.
+    private void NoteReadWoken()
+    {
+        long now = Stopwatch.GetTimestamp();
+        if (_readPendingSince != 0)
+        {
+            _longestReadWait = Math.Max(_longestReadWait, now - _readPendingSince);
+            _readPendingSince = 0;
+        }
+
+        _readWokenAt = now;
+    }
 
     private bool _signaled;
     private bool _cancelRequested;
@@ -82,6 +112,7 @@ internal sealed partial class ProactorInputPipe
             else
             {
                 _readPending = true;
+                _readPendingSince = Stopwatch.GetTimestamp();
                 _readSource.Reset();
                 if (cancellationToken.CanBeCanceled)
                 {
@@ -320,6 +351,14 @@ internal sealed partial class ProactorInputPipe
         _cancelRequested = false;
         _readState |= canceled ? ReadState.Tentative : ReadState.Reading;
         _readEnd = _end;
+        long now = Stopwatch.GetTimestamp();
+        if (_readWokenAt != 0)
+        {
+            _longestWakeToResult = Math.Max(_longestWakeToResult, now - _readWokenAt);
+            _readWokenAt = 0;
+        }
+
+        _lastResultAt = now;
         ReadOnlySequence<byte> buffer = _head is null ? default : new ReadOnlySequence<byte>(_head, _headIndex, _tail!, _tail!.Length);
         return new ReadResult(buffer, canceled, completed);
     }

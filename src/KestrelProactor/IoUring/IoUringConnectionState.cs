@@ -27,6 +27,17 @@ internal sealed class IoUringConnectionState
     /// <summary>Basic tier: the length of the receive in flight.</summary>
     public int ReceiveLength { get; set; }
 
+    /// <summary>
+    /// Ring tier: this connection's place in the queue of receives waiting for a buffer (smaller is served first).
+    /// </summary>
+    public long ReceiveTurn { get; set; }
+
+    /// <summary>
+    /// Ring tier: the receive in flight is a retry of one that waited for a buffer, and no data has come since; if it
+    /// finds the ring empty again it keeps <see cref="ReceiveTurn"/>.
+    /// </summary>
+    public bool RetriedForBuffer { get; set; }
+
     /// <summary>The socket refused a zero-copy send (EOPNOTSUPP): its sends copy from now on.</summary>
     public bool ZeroCopyRefused { get; set; }
 }

@@ -16,7 +16,14 @@ namespace KestrelProactor.IoUring;
 /// </summary>
 internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
 {
-    private readonly List<ProactorConnection> _receiveRetries = new();
+    // Receives waiting for a buffer, in the order they are served (by their turn, see QueueForBuffer), and the
+    // list RetryStarvedReceives works through while handlers may queue receives again.
+    private List<ProactorConnection> _receiveRetries = new();
+    private List<ProactorConnection> _retrying = new();
+    private long _lastReceiveTurn;
+
+    // Retried receives whose completion has not come (RetriedForBuffer set): until it has, a fresh receive queues.
+    private int _retriesUnanswered;
     private readonly ConcurrentQueue<ushort> _returnedBuffers = new();
     private volatile bool _receivesStarved;
     private int _returnedPending;
@@ -44,6 +51,11 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
                string.Concat(OwnersForTests().OfType<ProactorConnection>().Select(c => "\n  " + c.DescribeForTests()));
     }
 
+    /// <summary>A one-line sample of the receive side's counters, for a test's periodic log (read racily).</summary>
+    internal string SampleReceiveState()
+        => $"d{Id} starved={_receivesStarved} retries={_receiveRetries.Count} retried={StarvedReceiveRetries} " +
+           $"available={_bufferRing?.Available} lent={_bufferRing?.Lent} returnedPending={Volatile.Read(ref _returnedPending)} owners={ConnectionCount}";
+
     /// <summary>The kernel's own account of the ring (its fdinfo: heads, tails, armed polls), for a test's failure message.</summary>
     private static string ReadRingInfo(IoUringRing ring)
     {
@@ -56,6 +68,12 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
             return "unreadable: " + ex.Message;
         }
     }
+
+    /// <summary>Tests only: runs on the dispatcher for each receive completion that brought a ring buffer, before it is handled.</summary>
+    internal Action<ProactorConnection>? BufferReceivedForTests { get; set; }
+
+    /// <summary>For tests: receives waiting in the queue for a ring buffer (read on the dispatcher thread).</summary>
+    internal int QueuedReceivesForTests => _receiveRetries.Count;
 
     /// <summary>Starved receives retried once a buffer was there for them (counted for tests).</summary>
     public long StarvedReceiveRetries { get; private set; }
@@ -123,19 +141,20 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
     {
         if (_bufferRing is not null)
         {
-            io_uring_sqe* sqe = TakeSqe(connection, OperationKind.Receive);
-            sqe->opcode = IORING_OP_RECV;
-            sqe->fd = FdOf(connection.Socket);
-            // The kernel picks a buffer only when data has arrived (len 0: the buffer's size).
-            sqe->flags = IOSQE_BUFFER_SELECT;
-            sqe->buf_index = _bufferRing.GroupId;
-            if (_multishotReceive)
+            if (_receiveRetries.Count != 0 || _retriesUnanswered != 0)
             {
-                // Stays armed: one completion per arrival, each with a buffer, until cancelled or the peer ends.
-                sqe->ioprio = IORING_RECV_MULTISHOT;
+                // Receives wait for buffers, or were retried and have not completed yet (their -ENOBUFS may be in
+                // the completions still to be handled): this one queues behind them instead of going out first and
+                // taking the next buffer from them; a connection that re-arms after each receive would otherwise be
+                // served until its socket is drained, while the queue waits. It goes out from the queue at the
+                // start of the next pass, before the enter it would have gone out with, if a buffer is there for
+                // it. Counted in flight, as a starved one.
+                QueueForBuffer(connection);
+                Table.OnSubmitted(connection.Token);
+                return;
             }
 
-            Track(sqe, connection, OperationKind.Receive);
+            SubmitRingReceive(connection);
             return;
         }
 
@@ -155,6 +174,24 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
         poll->op_flags = Sys.POLLIN; // errors and hang-ups are always reported
         state.Polling = true;
         Track(poll, connection, OperationKind.Receive);
+    }
+
+    /// <summary>Ring tier: a receive whose buffer the kernel picks from the ring once data has arrived.</summary>
+    private void SubmitRingReceive(ProactorConnection connection)
+    {
+        io_uring_sqe* sqe = TakeSqe(connection, OperationKind.Receive);
+        sqe->opcode = IORING_OP_RECV;
+        sqe->fd = FdOf(connection.Socket);
+        // The kernel picks a buffer only when data has arrived (len 0: the buffer's size).
+        sqe->flags = IOSQE_BUFFER_SELECT;
+        sqe->buf_index = _bufferRing!.GroupId;
+        if (_multishotReceive)
+        {
+            // Stays armed: one completion per arrival, each with a buffer, until cancelled or the peer ends.
+            sqe->ioprio = IORING_RECV_MULTISHOT;
+        }
+
+        Track(sqe, connection, OperationKind.Receive);
     }
 
     /// <summary>
@@ -190,10 +227,15 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
             // socket. Retried once a buffer is back. (Without a ring, ENOBUFS is the socket's own error.)
             Context.Metrics.NoBufferCount.Add(1);
             _bufferRing.OnExhausted();
-            _receiveRetries.Add(connection);
-            _receivesStarved = true;
+            QueueForBuffer(connection);
             Table.OnSubmitted(connection.Token); // still counted as in flight until resubmitted
             return;
+        }
+
+        if (connection.BackendState is IoUringConnectionState receiving)
+        {
+            // Data (or the receive's end): a retry that got here was served; its next wait starts a new turn.
+            EndRetry(receiving);
         }
 
         if ((cqe.flags & IORING_CQE_F_BUFFER) != 0)
@@ -224,6 +266,7 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
         _deliveredBufferTaken = false;
         try
         {
+            BufferReceivedForTests?.Invoke(connection);
             // What the handler returns is not trusted for the buffer's fate: it may throw after the pipe took it.
             DispatchCompletion(connection, OperationKind.Receive, ToResult(cqe.res), more, data, null, bufferId);
         }
@@ -268,12 +311,60 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
     }
 
     /// <summary>
-    /// Resubmits the receives that found the ring empty, once the ring has a buffer for them by this dispatcher's
+    /// Queues a receive that waits for a buffer: found the ring empty (-ENOBUFS), or came while others wait. The
+    /// queue is served in turn: a receive gets a new turn (the back of the queue) when it starts waiting, but one
+    /// that was retried and found the ring empty again, without data in between, keeps the turn it had. Without
+    /// that, every retry round reordered the queue by completion, and the connection that took the buffer (its
+    /// data, then its own -ENOBUFS, complete before the others' retries are even looked at) came first again: it
+    /// was served until its socket was drained while the rest waited, for as long as the whole transfer when the
+    /// ring is small and its peer keeps sending.
+    /// </summary>
+    private void QueueForBuffer(ProactorConnection connection)
+    {
+        IoUringConnectionState state = StateOf(connection);
+        if (!state.RetriedForBuffer)
+        {
+            state.ReceiveTurn = ++_lastReceiveTurn;
+        }
+
+        EndRetry(state);
+        connection.OnReceiveStarved();
+        InsertByTurn(_receiveRetries, connection, state.ReceiveTurn);
+        _receivesStarved = true;
+    }
+
+    // A retried receive completed (or failed to go out): it no longer holds fresh receives back.
+    private void EndRetry(IoUringConnectionState state)
+    {
+        if (state.RetriedForBuffer)
+        {
+            state.RetriedForBuffer = false;
+            _retriesUnanswered--;
+        }
+    }
+
+    // Keeps the queue ordered by turn; a new turn (the usual case) goes at the back at once.
+    private static void InsertByTurn(List<ProactorConnection> queue, ProactorConnection connection, long turn)
+    {
+        int at = queue.Count;
+        while (at > 0 && StateOf(queue[at - 1]).ReceiveTurn > turn)
+        {
+            at--;
+        }
+
+        queue.Insert(at, connection);
+    }
+
+    /// <summary>
+    /// Resubmits the receives that wait for a buffer, in turn, once the ring has a buffer for them by this dispatcher's
     /// count (all buffers handed to the kernel, minus those whose completions arrived, plus those returned). Until
     /// then they wait: a retry with none would find the ring empty again at once, and an application thread that
     /// returns a buffer wakes the dispatcher while receives are starved. A count that is ahead of the kernel (it has
     /// filled buffers whose completions are still coming) costs one more round trip, no more: those completions
-    /// correct it. Receives of a connection that is closing or paused end at once, as cancelled.
+    /// correct it. All of them go out, first turn first: the kernel gives the buffers to the first that have data,
+    /// and a receive that finds no data waits for it without holding a buffer (retrying only as many as there are
+    /// buffers could leave the rest waiting behind one that has nothing to receive, with nothing to wake the
+    /// dispatcher). Receives of a connection that is closing or paused end at once, as cancelled.
     /// </summary>
     private void RetryStarvedReceives()
     {
@@ -283,18 +374,21 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
         }
 
         bool buffers = _bufferRing!.Available > 0;
-        int kept = 0;
-        for (int i = 0; i < _receiveRetries.Count; i++)
+        // Worked through from a list of its own: ending a receive runs the connection's handler, which may queue one.
+        (_retrying, _receiveRetries) = (_receiveRetries, _retrying);
+        foreach (ProactorConnection connection in _retrying)
         {
-            ProactorConnection connection = _receiveRetries[i];
-            bool ending = connection.IsClosing || connection.IsReceivePaused;
+            // A cancel asked for while it waited (the input ended, or a pause that has since resumed) found nothing
+            // in the kernel: it ends here instead, or a multishot receive would go out and stay armed past it.
+            bool ending = connection.IsClosing || connection.IsReceivePaused || connection.ReceiveCancelRequested;
             if (!ending && !buffers)
             {
-                _receiveRetries[kept++] = connection;
+                InsertByTurn(_receiveRetries, connection, StateOf(connection).ReceiveTurn);
                 continue;
             }
 
-            // The placeholder count taken at -ENOBUFS is handed to the new submission.
+            connection.OnStarvedReceiveRetried();
+            // The placeholder count taken when it was queued is handed to the new submission.
             Table.OnCompleted(connection.Token.ToUserData(OperationKind.Receive), final: true);
             if (ending)
             {
@@ -305,9 +399,12 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
             }
 
             StarvedReceiveRetries++;
+            IoUringConnectionState state = StateOf(connection);
             try
             {
-                SubmitReceive(connection);
+                SubmitRingReceive(connection);
+                state.RetriedForBuffer = true;
+                _retriesUnanswered++;
             }
             catch (Exception ex)
             {
@@ -317,7 +414,23 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
             }
         }
 
-        _receiveRetries.RemoveRange(kept, _receiveRetries.Count - kept);
-        _receivesStarved = kept != 0;
+        _retrying.Clear();
+        _receivesStarved = _receiveRetries.Count != 0;
+    }
+
+    /// <summary>
+    /// The end of the ring (after a failure, or a healthy end whose time ran out): receives still waiting for a buffer
+    /// never reached the kernel, so the count each holds in flight ends here, no handler run, and its owner is released
+    /// as done rather than kept with its memory as maybe-live.
+    /// </summary>
+    private void ForgetQueuedReceives()
+    {
+        foreach (ProactorConnection connection in _receiveRetries)
+        {
+            Table.OnCompleted(connection.Token.ToUserData(OperationKind.Receive), final: true);
+        }
+
+        _receiveRetries.Clear();
+        _receivesStarved = false;
     }
 }

@@ -76,6 +76,7 @@ internal sealed unsafe partial class IoUringDispatcher
             bool settled = cancelAnswered && Table.InFlight == 0 && ZeroCopySendsAwaitingNotification == 0 && ring.PendingSubmissions == 0;
             if (settled || Environment.TickCount64 > deadline)
             {
+                ForgetQueuedReceives();
                 return;
             }
         }
@@ -193,6 +194,9 @@ internal sealed unsafe partial class IoUringDispatcher
                 break;
             }
         }
+
+        // Receives queued for a buffer never went out: their counts end with nothing for the kernel to finish.
+        ForgetQueuedReceives();
 
         // Then nothing may stay armed in the kernel (IoUringDispatcher.FailureCancel.cs).
         CancelEverythingAfterFailure(ring);
