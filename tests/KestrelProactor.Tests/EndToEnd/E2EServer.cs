@@ -129,21 +129,7 @@ public sealed class E2EServer : WebApplicationFactory<E2EServer>
         var handler = new SocketsHttpHandler { PooledConnectionLifetime = Timeout.InfiniteTimeSpan };
         if (_unixPath is not null)
         {
-            EndPoint endpoint = _unixPath.EndPoint;
-            handler.ConnectCallback = async (_, cancellationToken) =>
-            {
-                Socket socket = ClientSocket.For(endpoint);
-                try
-                {
-                    await socket.ConnectAsync(endpoint, cancellationToken);
-                    return new NetworkStream(socket, ownsSocket: true);
-                }
-                catch
-                {
-                    socket.Dispose();
-                    throw;
-                }
-            };
+            ClientSocket.RouteTo(handler, _unixPath.EndPoint);
         }
 
         return handler;

@@ -109,21 +109,7 @@ internal sealed class FrameworkHost : IAsyncDisposable
         handler.SslOptions.RemoteCertificateValidationCallback = TestCertificate.Validate;
         if (_unixPath is not null)
         {
-            EndPoint target = _unixPath.EndPoint;
-            handler.ConnectCallback = async (_, cancellationToken) =>
-            {
-                Socket socket = ClientSocket.For(target);
-                try
-                {
-                    await socket.ConnectAsync(target, cancellationToken);
-                    return new NetworkStream(socket, ownsSocket: true);
-                }
-                catch
-                {
-                    socket.Dispose();
-                    throw;
-                }
-            };
+            ClientSocket.RouteTo(handler, _unixPath.EndPoint);
         }
 
         return handler;
