@@ -171,7 +171,9 @@ public class HandlerFaultTests
     {
         // The input's resume after back-pressure is a continuation the pipe runs with state of its own (the lent
         // input's with buffer rings, the copied input's flush on the basic tier): as for the output's, the
-        // connection must take its own fault. The handler waits before reading, so 4 MiB fill its 1 MiB input.
+        // connection must take its own fault. The handler reads only once the test saw the victim's input paused
+        // (4 MiB against its 1 MiB input), so the resume comes for sure. A fixed delay raced the upload on a busy
+        // machine: the handler read before the input filled, nothing paused, and the connection never ended.
         await using VictimHost host = await VictimHost.StartAsync(kind);
         int resumes = 0;
         ProactorConnection.TestInputResumeHook = connection =>
@@ -198,6 +200,8 @@ public class HandlerFaultTests
                     // The abort's reset cut the upload.
                 }
             });
+            await WaitUntilAsync(() => host.Dispatchers.SelectMany(d => d.OwnersForTests()).OfType<ProactorConnection>().Any(c => host.IsVictim(c) && c.IsReceivePaused));
+            host.OpenDrain();
             await ReceiveUntilClosedAsync(host.Victim);
             await upload.DefaultTimeout();
         }
@@ -744,6 +748,9 @@ public class HandlerFaultTests
             }
         }
 
+        /// <summary>Lets the /drain handler read its request body.</summary>
+        public void OpenDrain() => _app.Services.GetRequiredService<DrainGate>().Open();
+
         /// <summary>Both ports: another test's server may have a client on the same ephemeral port.</summary>
         public bool IsVictim(IOperationOwner owner)
             => owner is ProactorConnection { RemoteEndPoint: IPEndPoint remote, LocalEndPoint: IPEndPoint local } &&
@@ -779,12 +786,13 @@ public class HandlerFaultTests
 
         builder.WebHost.UseKestrel(k => k.Listen(IPAddress.Loopback, 0, o => listen?.Invoke(o)));
         builder.WebHost.UseProactorTransport(o => TransportFactories.Configure(kind, o));
+        builder.Services.AddSingleton<DrainGate>();
         WebApplication app = builder.Build();
         app.MapGet("/backend", (HttpContext c) => c.Features.Get<IProactorConnectionFeature>()?.Backend ?? "sockets");
         app.MapPost("/drain", async (HttpContext c) =>
         {
-            // Reads only after a pause, so a large upload meets the input's back-pressure first.
-            await Task.Delay(200);
+            // Reads only once the test opens the gate, so a large upload meets the input's back-pressure first.
+            await c.RequestServices.GetRequiredService<DrainGate>().WaitAsync();
             await c.Request.Body.CopyToAsync(Stream.Null);
             return "drained";
         });
@@ -797,5 +805,15 @@ public class HandlerFaultTests
         });
         await app.StartAsync().DefaultTimeout();
         return app;
+    }
+
+    /// <summary>Holds the /drain handler until the test has seen what it waits for.</summary>
+    private sealed class DrainGate
+    {
+        private readonly TaskCompletionSource _opened = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public void Open() => _opened.TrySetResult();
+
+        public Task WaitAsync() => _opened.Task.WaitAsync(TestTimeouts.Default);
     }
 }
