@@ -378,9 +378,7 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
         (_retrying, _receiveRetries) = (_receiveRetries, _retrying);
         foreach (ProactorConnection connection in _retrying)
         {
-            // A cancel asked for while it waited (the input ended, or a pause that has since resumed) found nothing
-            // in the kernel: it ends here instead, or a multishot receive would go out and stay armed past it.
-            bool ending = connection.IsClosing || connection.IsReceivePaused || connection.ReceiveCancelRequested;
+            bool ending = connection.IsClosing || connection.IsReceivePaused;
             if (!ending && !buffers)
             {
                 InsertByTurn(_receiveRetries, connection, StateOf(connection).ReceiveTurn);
