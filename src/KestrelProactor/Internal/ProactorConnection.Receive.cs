@@ -29,6 +29,12 @@ internal sealed partial class ProactorConnection
     /// <summary>Buffers this connection may hold before further data is copied instead of lent.</summary>
     private readonly int _lentBufferCap;
 
+    /// <summary>
+    /// Tests only: record receive and read timing for a stalled test's failure message. Off by default, so the clock
+    /// reads stay off the receive and read paths.
+    /// </summary>
+    internal static bool TimingForTests { get; set; }
+
     // Receive timing, for a stalled test's failure message: Stopwatch timestamps and tick counts, written on the
     // dispatcher only and read racily. The last receive completion and the longest gap between two; the receives
     // that found the buffer ring empty, how long they waited for a buffer in all and at most.
@@ -45,7 +51,10 @@ internal sealed partial class ProactorConnection
     internal void OnReceiveStarved()
     {
         _starvedReceives++;
-        _starvedSince = Stopwatch.GetTimestamp();
+        if (TimingForTests)
+        {
+            _starvedSince = Stopwatch.GetTimestamp();
+        }
     }
 
     /// <summary>Dispatcher: the starved receive went out again (or ended).</summary>
@@ -62,6 +71,11 @@ internal sealed partial class ProactorConnection
 
     private void NoteReceiveCompleted()
     {
+        if (!TimingForTests)
+        {
+            return;
+        }
+
         long now = Stopwatch.GetTimestamp();
         if (_lastReceiveAt != 0)
         {

@@ -55,6 +55,11 @@ internal sealed partial class ProactorInputPipe
     // Under _sync or just after: a pending read is about to be completed.
     private void NoteReadWoken()
     {
+        if (!ProactorConnection.TimingForTests)
+        {
+            return;
+        }
+
         long now = Stopwatch.GetTimestamp();
         if (_readPendingSince != 0)
         {
@@ -112,7 +117,11 @@ internal sealed partial class ProactorInputPipe
             else
             {
                 _readPending = true;
-                _readPendingSince = Stopwatch.GetTimestamp();
+                if (ProactorConnection.TimingForTests)
+                {
+                    _readPendingSince = Stopwatch.GetTimestamp();
+                }
+
                 _readSource.Reset();
                 if (cancellationToken.CanBeCanceled)
                 {
@@ -351,14 +360,18 @@ internal sealed partial class ProactorInputPipe
         _cancelRequested = false;
         _readState |= canceled ? ReadState.Tentative : ReadState.Reading;
         _readEnd = _end;
-        long now = Stopwatch.GetTimestamp();
-        if (_readWokenAt != 0)
+        if (ProactorConnection.TimingForTests)
         {
-            _longestWakeToResult = Math.Max(_longestWakeToResult, now - _readWokenAt);
-            _readWokenAt = 0;
+            long now = Stopwatch.GetTimestamp();
+            if (_readWokenAt != 0)
+            {
+                _longestWakeToResult = Math.Max(_longestWakeToResult, now - _readWokenAt);
+                _readWokenAt = 0;
+            }
+
+            _lastResultAt = now;
         }
 
-        _lastResultAt = now;
         ReadOnlySequence<byte> buffer = _head is null ? default : new ReadOnlySequence<byte>(_head, _headIndex, _tail!, _tail!.Length);
         return new ReadResult(buffer, canceled, completed);
     }

@@ -61,7 +61,8 @@ public sealed class TightResourceTests
     [MemberData(nameof(KindsAndConfigurations))]
     public async Task TransportPipes_ConcurrentEchoesWithTightResources_AllIntact(TransportKind kind, TransportEndpoint endpoint, string configuration)
     {
-        // Arrange
+        // Arrange: receive and read timing on, for the failure message (left on: it only adds clock reads).
+        KestrelProactor.Internal.ProactorConnection.TimingForTests = true;
         await using ListenerHarness harness = await ListenerHarness.BindAsync(kind, endpoint, configure: s_configurations[configuration]);
         // Where the two-buffer ring exists (io_uring with buffer rings), it must run dry, or its slow path went untested.
         bool ringMustRunDry = configuration == "TinyReceiveBufferRing" && TransportFactories.UsesBufferRing(kind);
