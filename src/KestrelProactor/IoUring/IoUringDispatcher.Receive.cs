@@ -150,7 +150,6 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
                 // start of the next pass, before the enter it would have gone out with, if a buffer is there for
                 // it. Counted in flight, as a starved one.
                 QueueForBuffer(connection);
-                Table.OnSubmitted(connection.Token);
                 return;
             }
 
@@ -228,7 +227,6 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
             Context.Metrics.NoBufferCount.Add(1);
             _bufferRing.OnExhausted();
             QueueForBuffer(connection);
-            Table.OnSubmitted(connection.Token); // still counted as in flight until resubmitted
             return;
         }
 
@@ -331,6 +329,8 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
         connection.OnReceiveStarved();
         InsertByTurn(_receiveRetries, connection, state.ReceiveTurn);
         _receivesStarved = true;
+        // Counted in flight while it waits (after -ENOBUFS: still, until resubmitted); the retry hands the count on.
+        Table.OnSubmitted(connection.Token);
     }
 
     // A retried receive completed (or failed to go out): it no longer holds fresh receives back.
