@@ -103,6 +103,26 @@ public sealed class DispatcherEndDrainTests
         }
     }
 
+    /// <summary>
+    /// Writes 64 KiB at a time to <paramref name="output"/> until a flush stays pending: a peer that reads nothing
+    /// (with a small receive buffer) then leaves a send in the kernel and the output past its pause threshold. A flush
+    /// that completes only means the socket took it all, so writing goes on. Returns that pending flush.
+    /// </summary>
+    internal static async Task<Task<FlushResult>> WriteUntilSendStaysInKernelAsync(PipeWriter output)
+    {
+        Task<FlushResult> flush = Task.FromResult(default(FlushResult));
+        for (int i = 0; i < 1024 && flush.IsCompleted; i++)
+        {
+            output.GetSpan(64 * 1024).Slice(0, 64 * 1024).Fill(1);
+            output.Advance(64 * 1024);
+            flush = output.FlushAsync().AsTask();
+            await Task.WhenAny(flush, Task.Delay(200));
+        }
+
+        Assert.False(flush.IsCompleted, "the socket took 64 MiB without the peer reading");
+        return flush;
+    }
+
     internal static async Task WaitUntilAsync(Func<bool> condition)
     {
         using var deadline = new CancellationTokenSource(TestTimeouts.Default);

@@ -40,17 +40,7 @@ public sealed class QueuedReceiveFailureTests
         // The target: its peer reads nothing, so a send stays in the kernel.
         client.ReceiveBufferSize = 4096;
         ProactorConnection target = await server.ConnectAsync(client);
-        PipeWriter output = target.Transport.Output;
-        Task<FlushResult> flush = Task.FromResult(default(FlushResult));
-        for (int i = 0; i < 1024 && flush.IsCompleted; i++)
-        {
-            output.GetSpan(64 * 1024).Slice(0, 64 * 1024).Fill(1);
-            output.Advance(64 * 1024);
-            flush = output.FlushAsync().AsTask();
-            await Task.WhenAny(flush, Task.Delay(200));
-        }
-
-        Assert.False(flush.IsCompleted, "the socket took 64 MiB without the peer reading");
+        Task<FlushResult> flush = await DispatcherEndDrainTests.WriteUntilSendStaysInKernelAsync(target.Transport.Output);
 
         // While the dispatcher is held, the filler's bytes take the last buffer (the polling thread receives them) and
         // the target's byte finds the ring empty; once it goes on, the target's receive waits in the queue, and the

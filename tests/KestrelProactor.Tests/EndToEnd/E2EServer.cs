@@ -198,19 +198,5 @@ public sealed class E2EServer : WebApplicationFactory<E2EServer>
         }
     }
 
-    private void AssertBoundWithExpectedTransport()
-    {
-        var proactorFactories = Services.GetServices<IConnectionListenerFactory>().OfType<ProactorTransportFactory>().ToArray();
-        if (Kind == TransportKind.Sockets)
-        {
-            Assert.Empty(proactorFactories);
-            return;
-        }
-
-        var factory = Assert.Single(proactorFactories);
-        Assert.True(
-            factory.ActiveBackend == TransportFactories.ExpectedBackend,
-            $"The proactor factory bound with '{factory.ActiveBackend}' (fallback reason: {factory.FallbackReason}).");
-        TransportPresets.AssertInEffect(Kind, factory);
-    }
+    private void AssertBoundWithExpectedTransport() => TransportPresets.AssertHostBound(Kind, Services);
 }

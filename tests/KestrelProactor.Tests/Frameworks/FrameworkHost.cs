@@ -163,19 +163,5 @@ internal sealed class FrameworkHost : IAsyncDisposable
         }
     }
 
-    private void AssertBoundWithExpectedTransport()
-    {
-        var proactorFactories = _app.Services.GetServices<IConnectionListenerFactory>().OfType<ProactorTransportFactory>().ToArray();
-        if (Kind == TransportKind.Sockets)
-        {
-            Assert.Empty(proactorFactories);
-            return;
-        }
-
-        var factory = Assert.Single(proactorFactories);
-        Assert.True(
-            factory.ActiveBackend == TransportFactories.ExpectedBackend,
-            $"The proactor factory bound with '{factory.ActiveBackend}' (fallback reason: {factory.FallbackReason}).");
-        TransportPresets.AssertInEffect(Kind, factory);
-    }
+    private void AssertBoundWithExpectedTransport() => TransportPresets.AssertHostBound(Kind, _app.Services);
 }

@@ -1,6 +1,7 @@
 using System.Text.RegularExpressions;
 using KestrelProactor.Internal;
 using Microsoft.AspNetCore.Connections;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace KestrelProactor.Tests.Infrastructure;
 
@@ -67,5 +68,25 @@ internal static class TransportPresets
             _ => (true, ""),
         };
         Assert.True(inEffect, $"The {kind} preset runs without {what}: {features}");
+    }
+
+    /// <summary>
+    /// A host of <paramref name="kind"/> bound what it should: plain Kestrel has no proactor factory; any other kind
+    /// has exactly one, on the native backend (fallback is off), with its preset in effect.
+    /// </summary>
+    public static void AssertHostBound(TransportKind kind, IServiceProvider services)
+    {
+        var proactorFactories = services.GetServices<IConnectionListenerFactory>().OfType<ProactorTransportFactory>().ToArray();
+        if (kind == TransportKind.Sockets)
+        {
+            Assert.Empty(proactorFactories);
+            return;
+        }
+
+        var factory = Assert.Single(proactorFactories);
+        Assert.True(
+            factory.ActiveBackend == TransportFactories.ExpectedBackend,
+            $"The proactor factory bound with '{factory.ActiveBackend}' (fallback reason: {factory.FallbackReason}).");
+        AssertInEffect(kind, factory);
     }
 }
