@@ -171,9 +171,11 @@ public class HandlerFaultTests
     {
         // The input's resume after back-pressure is a continuation the pipe runs with state of its own (the lent
         // input's with buffer rings, the copied input's flush on the basic tier): as for the output's, the
-        // connection must take its own fault. The handler reads only once the test saw the victim's input paused
-        // (4 MiB against its 1 MiB input), so the resume comes for sure. A fixed delay raced the upload on a busy
-        // machine: the handler read before the input filled, nothing paused, and the connection never ended.
+        // connection must take its own fault. The body goes out only once the handler runs, so the application
+        // has read and the input's lower pre-read threshold is gone: the only pause is the 1 MiB one (4 MiB are
+        // sent), and its resume comes once the test saw it and let the handler read. Sent at once, under load the
+        // body could reach the pre-read pause before Kestrel's first read, whose resume then threw before the
+        // test looked, and the test waited for a pause that never came.
         await using VictimHost host = await VictimHost.StartAsync(kind);
         int resumes = 0;
         ProactorConnection.TestInputResumeHook = connection =>
@@ -188,11 +190,12 @@ public class HandlerFaultTests
         try
         {
             const int BodyLength = 4 * 1024 * 1024;
+            await host.Victim.SendAsync(Encoding.ASCII.GetBytes($"POST /drain HTTP/1.1\r\nHost: x\r\nContent-Length: {BodyLength}\r\n\r\n")).DefaultTimeout();
+            await host.DrainEntered.DefaultTimeout();
             Task upload = Task.Run(async () =>
             {
                 try
                 {
-                    await host.Victim.SendAsync(Encoding.ASCII.GetBytes($"POST /drain HTTP/1.1\r\nHost: x\r\nContent-Length: {BodyLength}\r\n\r\n"));
                     await host.Victim.SendAsync(new byte[BodyLength]);
                 }
                 catch (SocketException)
@@ -201,6 +204,7 @@ public class HandlerFaultTests
                 }
             });
             await WaitUntilAsync(() => host.Dispatchers.SelectMany(d => d.OwnersForTests()).OfType<ProactorConnection>().Any(c => host.IsVictim(c) && c.IsReceivePaused));
+            Assert.Equal(0, Volatile.Read(ref resumes));
             host.OpenDrain();
             await ReceiveUntilClosedAsync(host.Victim);
             await upload.DefaultTimeout();
@@ -751,6 +755,9 @@ public class HandlerFaultTests
         /// <summary>Lets the /drain handler read its request body.</summary>
         public void OpenDrain() => _app.Services.GetRequiredService<DrainGate>().Open();
 
+        /// <summary>Completes once the /drain handler runs: Kestrel has read the request's headers.</summary>
+        public Task DrainEntered => _app.Services.GetRequiredService<DrainGate>().Entered;
+
         /// <summary>Both ports: another test's server may have a client on the same ephemeral port.</summary>
         public bool IsVictim(IOperationOwner owner)
             => owner is ProactorConnection { RemoteEndPoint: IPEndPoint remote, LocalEndPoint: IPEndPoint local } &&
@@ -811,9 +818,16 @@ public class HandlerFaultTests
     private sealed class DrainGate
     {
         private readonly TaskCompletionSource _opened = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly TaskCompletionSource _entered = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public Task Entered => _entered.Task;
 
         public void Open() => _opened.TrySetResult();
 
-        public Task WaitAsync() => _opened.Task.WaitAsync(TestTimeouts.Default);
+        public Task WaitAsync()
+        {
+            _entered.TrySetResult();
+            return _opened.Task.WaitAsync(TestTimeouts.Default);
+        }
     }
 }
