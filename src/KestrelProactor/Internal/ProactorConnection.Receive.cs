@@ -97,6 +97,9 @@ internal sealed partial class ProactorConnection
 
     internal static long Milliseconds(long ticks) => ticks * 1000 / Stopwatch.Frequency;
 
+    /// <summary>True while a cancel of the receive in flight was asked for and its end has not come.</summary>
+    public bool ReceiveCancelRequested => _receiveCancelRequested;
+
     /// <summary>True while back-pressure holds receiving (the application has not caught up).</summary>
     public bool IsReceivePaused => _inputFlushPending;
 

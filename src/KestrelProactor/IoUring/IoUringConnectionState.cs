@@ -38,6 +38,18 @@ internal sealed class IoUringConnectionState
     /// </summary>
     public bool RetriedForBuffer { get; set; }
 
+    /// <summary>
+    /// Ring tier: the receive waits in the dispatcher's queue for a buffer; it is counted in flight but the kernel
+    /// does not hold it, so a cancel sent to the kernel would find nothing.
+    /// </summary>
+    public bool ParkedForBuffer { get; set; }
+
+    /// <summary>
+    /// Ring tier: a cancel of the receive was asked for that cannot reach it (asked while it was parked, or before it
+    /// was parked and answered by nothing): it ends as cancelled when it leaves the queue instead of going out.
+    /// </summary>
+    public bool CancelWhileParked { get; set; }
+
     /// <summary>The socket refused a zero-copy send (EOPNOTSUPP): its sends copy from now on.</summary>
     public bool ZeroCopyRefused { get; set; }
 }

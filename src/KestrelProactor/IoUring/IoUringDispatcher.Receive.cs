@@ -327,6 +327,10 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
 
         EndRetry(state);
         connection.OnReceiveStarved();
+        state.ParkedForBuffer = true;
+        // A cancel already asked for (back-pressure, the input's end) went to the kernel for a receive that has ended
+        // there, or is still queued ahead of the retry: either way it cannot reach the receive that goes out later.
+        state.CancelWhileParked = connection.ReceiveCancelRequested;
         InsertByTurn(_receiveRetries, connection, state.ReceiveTurn);
         _receivesStarved = true;
         // Counted in flight while it waits (after -ENOBUFS: still, until resubmitted); the retry hands the count on.
@@ -378,13 +382,19 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
         (_retrying, _receiveRetries) = (_receiveRetries, _retrying);
         foreach (ProactorConnection connection in _retrying)
         {
-            bool ending = connection.IsClosing || connection.IsReceivePaused;
+            IoUringConnectionState state = StateOf(connection);
+            // A cancel that could not reach it (see CancelWhileParked) ends it here, or a multishot receive would go
+            // out and stay armed past a pause or the input's end.
+            bool ending = connection.IsClosing || connection.IsReceivePaused || state.CancelWhileParked;
             if (!ending && !buffers)
             {
-                InsertByTurn(_receiveRetries, connection, StateOf(connection).ReceiveTurn);
+                InsertByTurn(_receiveRetries, connection, state.ReceiveTurn);
                 continue;
             }
 
+            // Out of the queue before its handler runs, which may queue a new receive for this connection.
+            state.ParkedForBuffer = false;
+            state.CancelWhileParked = false;
             connection.OnStarvedReceiveRetried();
             // The placeholder count taken when it was queued is handed to the new submission.
             Table.OnCompleted(connection.Token.ToUserData(OperationKind.Receive), final: true);
@@ -397,7 +407,6 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
             }
 
             StarvedReceiveRetries++;
-            IoUringConnectionState state = StateOf(connection);
             try
             {
                 SubmitRingReceive(connection);
@@ -425,6 +434,9 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
     {
         foreach (ProactorConnection connection in _receiveRetries)
         {
+            IoUringConnectionState state = StateOf(connection);
+            state.ParkedForBuffer = false;
+            state.CancelWhileParked = false;
             Table.OnCompleted(connection.Token.ToUserData(OperationKind.Receive), final: true);
         }
 

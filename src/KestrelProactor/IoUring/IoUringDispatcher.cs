@@ -90,6 +90,12 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
             _bufferRing.EnsureHeadroom();
             RetryStarvedReceives();
             _bufferRing.Publish();
+            if (_receiveRetries.Count != 0 && _bufferRing.Available > 0)
+            {
+                // A receive ended in the round (cancelled while parked) and its handler queued a new one behind a
+                // retry not yet answered: buffers are there for it, and nothing else might wake this pass.
+                wait = false;
+            }
         }
 
         // With nothing to submit, nothing to wait for and no deferred kernel work, skip the system call. Without a
