@@ -39,14 +39,10 @@ internal sealed class IoUringConnectionState
     public bool RetriedForBuffer { get; set; }
 
     /// <summary>
-    /// Ring tier: the receive waits in the dispatcher's queue for a buffer; it is counted in flight but the kernel
-    /// does not hold it, so a cancel sent to the kernel would find nothing.
-    /// </summary>
-    public bool ParkedForBuffer { get; set; }
-
-    /// <summary>
-    /// Ring tier: a cancel of the receive was asked for that cannot reach it (asked while it was parked, or before it
-    /// was parked and answered by nothing): it ends as cancelled when it leaves the queue instead of going out.
+    /// Ring tier: the receive waiting in the dispatcher's queue for a buffer had its cancel asked for before it was
+    /// parked (a pause in the batch that brought its -ENOBUFS). That cancel cannot reach a receive that goes out later,
+    /// so it ends as cancelled when it leaves the queue instead. (A cancel asked for while it is parked comes only with
+    /// its close, which ends it there anyway: the ring tier's input reports its end only as data arrives.)
     /// </summary>
     public bool CancelWhileParked { get; set; }
 

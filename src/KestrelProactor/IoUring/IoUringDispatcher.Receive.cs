@@ -327,8 +327,7 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
 
         EndRetry(state);
         connection.OnReceiveStarved();
-        state.ParkedForBuffer = true;
-        // A cancel already asked for (back-pressure, the input's end) went to the kernel for a receive that has ended
+        // A cancel already asked for (back-pressure in the same batch) went to the kernel for a receive that has ended
         // there, or is still queued ahead of the retry: either way it cannot reach the receive that goes out later.
         state.CancelWhileParked = connection.ReceiveCancelRequested;
         InsertByTurn(_receiveRetries, connection, state.ReceiveTurn);
@@ -393,7 +392,6 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
             }
 
             // Out of the queue before its handler runs, which may queue a new receive for this connection.
-            state.ParkedForBuffer = false;
             state.CancelWhileParked = false;
             connection.OnStarvedReceiveRetried();
             // The placeholder count taken when it was queued is handed to the new submission.
@@ -434,9 +432,7 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
     {
         foreach (ProactorConnection connection in _receiveRetries)
         {
-            IoUringConnectionState state = StateOf(connection);
-            state.ParkedForBuffer = false;
-            state.CancelWhileParked = false;
+            StateOf(connection).CancelWhileParked = false;
             Table.OnCompleted(connection.Token.ToUserData(OperationKind.Receive), final: true);
         }
 

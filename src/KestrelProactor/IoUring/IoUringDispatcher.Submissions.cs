@@ -126,15 +126,6 @@ internal sealed unsafe partial class IoUringDispatcher
 
     public override void SubmitCancel(IOperationOwner owner, OperationKind kind)
     {
-        if (kind == OperationKind.Receive && owner is ProactorConnection { BackendState: IoUringConnectionState { ParkedForBuffer: true } parked })
-        {
-            // The receive waits in this dispatcher's queue for a buffer: the kernel does not hold it, and a cancel
-            // sent there would find nothing while the receive later went out past it. It ends as cancelled when it
-            // leaves the queue (RetryStarvedReceives runs before every wait, so no wake-up is needed).
-            parked.CancelWhileParked = true;
-            return;
-        }
-
         io_uring_sqe* sqe = TakeSqe(owner, OperationKind.Cancel);
         sqe->opcode = IORING_OP_ASYNC_CANCEL;
         sqe->addr = owner is ProactorConnection connection ? CancelTarget(connection, kind) : owner.Token.ToUserData(kind);

@@ -37,6 +37,7 @@ public sealed class ParkedReceiveCancelTests
             o.MaxReadBufferSize = MaxRead;
         });
         var dispatcher = (IoUringDispatcher)((ProactorTransportFactory)harness.Factory).Backend!.Dispatchers.Single();
+        Assert.SkipUnless(dispatcher.FeaturesInUse.Contains("multishot-recv"), "a single-shot receive does not stay armed");
         (Socket holderClient, ConnectionContext holderContext) = await harness.ConnectAndAcceptAsync();
         (Socket client, ConnectionContext victimContext) = await harness.ConnectAndAcceptAsync();
         var holder = (ProactorConnection)holderContext;
@@ -78,7 +79,8 @@ public sealed class ParkedReceiveCancelTests
 
                 // On the dispatcher, before the queue is served: both applications read everything, so the
                 // buffers come back and the victim's input resumes while its receive is still parked.
-                pausedAndParked = true;
+                // The scenario: the pause's cancel was asked for before the receive was parked.
+                pausedAndParked = victim.ReceiveCancelRequested;
                 ConsumeAll(holder.Transport.Input);
                 ConsumeAll(victim.Transport.Input);
                 consumedAt = victimBuffers;
@@ -95,7 +97,8 @@ public sealed class ParkedReceiveCancelTests
         }
 
         // Then its peer sends sixteen buffers' worth, one buffer at a time, and nobody reads: the input pauses again at
-        // two buffers, and its receive must stop there (a third may slip in before the cancel lands).
+        // two buffers, and its receive must stop soon after (the leftover third buffer of the first send, and what a
+        // held-up dispatcher receives before the cancel lands: at most the ring's four).
         await WaitUntilAsync(() => !victim.IsReceivePaused, "the victim's input never resumed");
         int before = Volatile.Read(ref victimBuffers);
         for (int i = 0; i < Chunks; i++)
@@ -110,8 +113,8 @@ public sealed class ParkedReceiveCancelTests
 
         // Assert. Before the fix, the parked receive went out with the earlier cancel's flag still set: the second pause
         // sent no cancel, and the multishot receive took all sixteen buffers and stayed armed.
-        Assert.True(pausedAndParked);
-        Assert.True(taken <= 3 && !armed, $"the input paused at {MaxRead} bytes, yet its receive took {taken} chunks and is {(armed ? "still armed" : "ended")}");
+        Assert.True(pausedAndParked, "the receive was parked without the pause's cancel asked for");
+        Assert.True(taken <= 4 && !armed, $"the input paused at {MaxRead} bytes, yet its receive took {taken} chunks and is {(armed ? "still armed" : "ended")}");
 
         // Nothing was lost: once the application reads, every byte arrives (the first send's third buffer, which had
         // waited in the socket, and the sixteen).
@@ -133,6 +136,7 @@ public sealed class ParkedReceiveCancelTests
             o.MaxReadBufferSize = MaxRead;
         });
         var dispatcher = (IoUringDispatcher)((ProactorTransportFactory)harness.Factory).Backend!.Dispatchers.Single();
+        Assert.SkipUnless(dispatcher.FeaturesInUse.Contains("multishot-recv"), "a single-shot receive does not stay armed");
         (Socket holderClient, _) = await harness.ConnectAndAcceptAsync();
         (Socket client, ConnectionContext victimContext) = await harness.ConnectAndAcceptAsync();
         var victim = (ProactorConnection)victimContext;
@@ -141,6 +145,7 @@ public sealed class ParkedReceiveCancelTests
 
         int victimBuffers = 0;
         int endedAt = -1;
+        bool cancelAskedBeforeParking = false;
         using var release = new ManualResetEventSlim();
         var holding = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         dispatcher.Schedule(
@@ -167,6 +172,7 @@ public sealed class ParkedReceiveCancelTests
             {
                 if (ReferenceEquals(d, dispatcher) && endedAt < 0 && victim.IsReceivePaused && dispatcher.QueuedReceivesForTests != 0)
                 {
+                    cancelAskedBeforeParking = victim.ReceiveCancelRequested;
                     victim.Transport.Input.Complete();
                     endedAt = victimBuffers;
                 }
@@ -192,9 +198,12 @@ public sealed class ParkedReceiveCancelTests
         await Task.Delay(300);
         int taken = Volatile.Read(ref victimBuffers) - endedAt;
         bool armed = await OnDispatcherAsync(dispatcher, () => victim.ReceiveActive);
+        int inFlight = await OnDispatcherAsync(dispatcher, () => dispatcher.InFlightOf(victim));
 
-        // Assert: the parked receive ended without going out. Before, it went out once the pause was over, and stayed
+        // Assert: the parked receive ended without going out, and its count in flight with it. Before, it went out once the pause was over, and stayed
         // armed past the input's end, filling buffers nobody reads.
+        Assert.True(cancelAskedBeforeParking, "the receive was parked without the pause's cancel asked for");
+        Assert.Equal(0, inFlight);
         Assert.True(!armed && taken == 0, $"the input ended while its receive was parked, yet the receive took {taken} buffers and is {(armed ? "still armed" : "ended")}");
     }
 
