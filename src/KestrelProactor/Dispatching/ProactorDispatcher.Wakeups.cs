@@ -16,6 +16,11 @@ internal abstract partial class ProactorDispatcher
 {
     // 1 while a pool work item is queued that will wake this dispatcher if it still sleeps.
     private int _wakeupOwed;
+
+    // Owed wake-ups queued on the pool and not yet run, all dispatchers together: the pool's queued work counts
+    // them, and they are not work whose flushes could ride on a wake-up.
+    private static int s_owedWakeupsQueued;
+    private PayOwedWakeupItem? _payOwedWakeup;
     private long _wakeups;
     private long _wakeupsOwed;
     private PipeScheduler? _outputScheduler;
@@ -51,7 +56,8 @@ internal abstract partial class ProactorDispatcher
     private void CountWakeup() => Interlocked.Increment(ref _wakeups);
 
     private bool ShouldOweWakeup()
-        => Thread.CurrentThread.IsThreadPoolThread && (TestPoolHasQueuedWork?.Invoke(this) ?? System.Threading.ThreadPool.PendingWorkItemCount != 0);
+        => Thread.CurrentThread.IsThreadPoolThread
+           && (TestPoolHasQueuedWork?.Invoke(this) ?? System.Threading.ThreadPool.PendingWorkItemCount > Volatile.Read(ref s_owedWakeupsQueued));
 
     /// <summary>
     /// The dispatcher sleeps (or is about to) and the caller's item is queued: make sure a pool work item will wake it.
@@ -73,7 +79,8 @@ internal abstract partial class ProactorDispatcher
         }
 
         // The global queue: behind the work already queued, whose flushes then need no wake-up of their own.
-        System.Threading.ThreadPool.UnsafeQueueUserWorkItem(static d => d.PayOwedWakeup(), this, preferLocal: false);
+        Interlocked.Increment(ref s_owedWakeupsQueued);
+        System.Threading.ThreadPool.UnsafeQueueUserWorkItem(_payOwedWakeup ??= new PayOwedWakeupItem(this), preferLocal: false);
     }
 
     private void PayOwedWakeup()
@@ -94,6 +101,16 @@ internal abstract partial class ProactorDispatcher
         {
             // Exchange: a full fence before the queue is read, so an item whose producer found the debt set is seen.
             Interlocked.Exchange(ref _wakeupOwed, 0);
+        }
+    }
+
+    // One per dispatcher, queued again for each debt (two may be queued at once; either pays).
+    private sealed class PayOwedWakeupItem(ProactorDispatcher dispatcher) : IThreadPoolWorkItem
+    {
+        public void Execute()
+        {
+            Interlocked.Decrement(ref s_owedWakeupsQueued);
+            dispatcher.PayOwedWakeup();
         }
     }
 

@@ -96,7 +96,12 @@ public sealed class PoolWakeupTests
     public async Task AFlushOnABusyPool_IsSentOnceTheRealPoolRunsTheOwedWakeup()
     {
         Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o => o.DispatcherCount = 1);
+        // No output coalescing: a held-back output read would take the flush without the output scheduler.
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o =>
+        {
+            o.DispatcherCount = 1;
+            o.OutputCoalescingDelay = TimeSpan.Zero;
+        });
         (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
         ProactorDispatcher dispatcher = ((ProactorConnection)connection).Dispatcher;
         ProactorDispatcher.TestPoolHasQueuedWork = d => ReferenceEquals(d, dispatcher) ? true : null;
@@ -117,6 +122,46 @@ public sealed class PoolWakeupTests
         finally
         {
             ProactorDispatcher.TestPoolHasQueuedWork = null;
+        }
+    }
+
+    [Fact]
+    public async Task AFlushFromAThreadOutsideThePool_WakesTheDispatcherAtOnce()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o => o.DispatcherCount = 1);
+        (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+        ProactorDispatcher dispatcher = ((ProactorConnection)connection).Dispatcher;
+        var owed = new ConcurrentQueue<Action>();
+        SetHooks(dispatcher, owed);
+        try
+        {
+            // Act: a thread of the application's own flushes while the pool counts as busy: no pool work item is
+            // queued behind its work, so nothing could ride on an owed wake-up.
+            await WaitUntilSleepingAsync(dispatcher);
+            var flushed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            var thread = new Thread(() =>
+            {
+                try
+                {
+                    connection.Transport.Output.WriteAsync("T"u8.ToArray()).AsTask().GetAwaiter().GetResult();
+                    flushed.TrySetResult();
+                }
+                catch (Exception ex)
+                {
+                    flushed.TrySetException(ex);
+                }
+            });
+            thread.Start();
+            await flushed.Task.DefaultTimeout();
+
+            // Assert
+            Assert.Equal("T"u8.ToArray(), await RawClient.ReceiveExactlyAsync(client, 1).DefaultTimeout());
+            Assert.Empty(owed);
+        }
+        finally
+        {
+            ClearHooks(owed);
         }
     }
 
