@@ -140,7 +140,14 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
     }
 
     /// <inheritdoc />
-    public override void Schedule(Action<object?> action, object? state)
+    public override void Schedule(Action<object?> action, object? state) => ScheduleItem(action, state, mayOweWakeup: false);
+
+    /// <summary>
+    /// As <see cref="Schedule(Action{object?}, object?)"/>; with <paramref name="mayOweWakeup"/>, a pool thread that
+    /// finds this dispatcher asleep while the pool has other work queued may leave the wake-up to a pool work item
+    /// queued behind that work (see <see cref="OweWakeup"/>).
+    /// </summary>
+    private void ScheduleItem(Action<object?> action, object? state, bool mayOweWakeup)
     {
         if (IsOnDispatcherThread && _endedWith is null)
         {
@@ -160,9 +167,19 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
 
         // Pairs with the store-then-check in TryPrepareToSleep: either the dispatcher sees this item before it
         // sleeps, or it already published _sleeping = 1 and this thread wakes it.
-        if (Volatile.Read(ref _sleeping) == 1 && Interlocked.Exchange(ref _sleeping, 0) == 1)
+        if (Volatile.Read(ref _sleeping) == 1)
         {
-            Wake();
+            if (mayOweWakeup && ShouldOweWakeup())
+            {
+                OweWakeup();
+                return;
+            }
+
+            if (Interlocked.Exchange(ref _sleeping, 0) == 1)
+            {
+                CountWakeup();
+                Wake();
+            }
         }
     }
 
@@ -172,6 +189,8 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
         while (true)
         {
             TestLoopHook?.Invoke(this);
+            // Awake, and about to look at the queue: a wake-up owed to this dispatcher is no longer needed.
+            ClearOwedWakeup();
             RunWorkItems();
             RunDueOutputReads();
             if (_stopRequested)

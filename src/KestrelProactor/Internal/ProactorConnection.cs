@@ -93,8 +93,9 @@ internal sealed partial class ProactorConnection : ConnectionContext,
         }
 
         // Output: the application writes, the dispatcher reads and sends. A flush on any thread becomes a
-        // work item on the dispatcher, so the send it causes is batched with the rest of that pass.
-        var output = new Pipe(new PipeOptions(_kernelMemory, dispatcher, applicationScheduler, maxWrite, maxWrite / 2, minimumSegmentSize, useSynchronizationContext: false));
+        // work item on the dispatcher, so the send it causes is batched with the rest of that pass; a flush on a
+        // busy pool may leave the dispatcher's wake-up to the pool (ProactorDispatcher.Wakeups.cs).
+        var output = new Pipe(new PipeOptions(_kernelMemory, dispatcher.OutputScheduler, applicationScheduler, maxWrite, maxWrite / 2, minimumSegmentSize, useSynchronizationContext: false));
 
         Output = output.Reader;
         // Streaming sends are gathered up to half the pause threshold (at most 256 KiB), so the application rarely meets it.

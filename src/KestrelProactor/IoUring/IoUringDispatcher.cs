@@ -74,6 +74,8 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
 
     protected override bool SupportsShortWaits => _ring?.SupportsTimedWait == true;
 
+    protected override bool CoalescesPoolWakeups => true;
+
     protected override void PollCompletions(bool wait, long waitNanoseconds)
     {
         IoUringRing ring = _ring!;

@@ -1,0 +1,231 @@
+using System.Collections.Concurrent;
+using System.Net.Sockets;
+using KestrelProactor.Dispatching;
+using KestrelProactor.Internal;
+using KestrelProactor.Tests.Contract;
+using KestrelProactor.Tests.Infrastructure;
+using Microsoft.AspNetCore.Connections;
+
+namespace KestrelProactor.Tests.Dispatching;
+
+/// <summary>
+/// A flush on a pool thread that finds its dispatcher asleep while the pool has other work queued leaves the wake-up to
+/// a pool work item queued behind that work (ProactorDispatcher.Wakeups.cs): the flushes made meanwhile ride on it, a
+/// dispatcher that woke for something else meanwhile costs it nothing, and no flush is left unsent. The hooks below
+/// answer only for the dispatcher of the test that sets them; every other dispatcher in the process takes the real path.
+/// </summary>
+[Collection(DispatcherHookCollection.Name)]
+public sealed class PoolWakeupTests
+{
+    [Fact]
+    public async Task FlushesWhileAWakeupIsOwed_RideOnIt_AndAllGoOutWhenItIsPaid()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o => o.DispatcherCount = 1);
+        (Socket clientA, ConnectionContext a) = await harness.ConnectAndAcceptAsync();
+        (Socket clientB, ConnectionContext b) = await harness.ConnectAndAcceptAsync();
+        ProactorDispatcher dispatcher = ((ProactorConnection)a).Dispatcher;
+        var owed = new ConcurrentQueue<Action>();
+        SetHooks(dispatcher, owed);
+        try
+        {
+            await WaitUntilSleepingAsync(dispatcher);
+            long wakeups = dispatcher.Wakeups;
+
+            // Act: two flushes on pool threads, 100 ms apart, while the pool counts as busy and its owed work item is
+            // held by the test.
+            await Task.Run(() => a.Transport.Output.WriteAsync("A"u8.ToArray()).AsTask()).DefaultTimeout();
+            await Task.Delay(100);
+            await Task.Run(() => b.Transport.Output.WriteAsync("B"u8.ToArray()).AsTask()).DefaultTimeout();
+            await Task.Delay(100);
+
+            // Assert: one wake-up owed for both, none sent, nothing sent yet (the dispatcher sleeps on).
+            Assert.Single(owed);
+            Assert.Equal(wakeups, dispatcher.Wakeups);
+            Assert.Equal(0, clientA.Available + clientB.Available);
+
+            // Once the pool runs the owed item: one wake-up, and both flushes go out.
+            Assert.True(owed.TryDequeue(out Action? pay));
+            await Task.Run(pay).DefaultTimeout();
+            Assert.Equal("A"u8.ToArray(), await RawClient.ReceiveExactlyAsync(clientA, 1).DefaultTimeout());
+            Assert.Equal("B"u8.ToArray(), await RawClient.ReceiveExactlyAsync(clientB, 1).DefaultTimeout());
+            Assert.Equal(wakeups + 1, dispatcher.Wakeups);
+        }
+        finally
+        {
+            ClearHooks(owed);
+        }
+    }
+
+    [Fact]
+    public async Task ADispatcherThatWokeForACompletionMeanwhile_OwesTheWakeupNothing()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o => o.DispatcherCount = 1);
+        (Socket clientA, ConnectionContext a) = await harness.ConnectAndAcceptAsync();
+        (Socket clientB, ConnectionContext b) = await harness.ConnectAndAcceptAsync();
+        ProactorDispatcher dispatcher = ((ProactorConnection)a).Dispatcher;
+        var owed = new ConcurrentQueue<Action>();
+        SetHooks(dispatcher, owed);
+        try
+        {
+            await WaitUntilSleepingAsync(dispatcher);
+            long wakeups = dispatcher.Wakeups;
+            await Task.Run(() => a.Transport.Output.WriteAsync("A"u8.ToArray()).AsTask()).DefaultTimeout();
+            Assert.Single(owed);
+
+            // Act: B's peer sends a byte; its receive's completion wakes the dispatcher, which then sees A's flush too.
+            await RawClient.SendAllAsync(clientB, "b"u8.ToArray());
+            Assert.Equal("A"u8.ToArray(), await RawClient.ReceiveExactlyAsync(clientA, 1).DefaultTimeout());
+            await ServerPipes.ReadExactlyAsync(b.Transport.Input, 1);
+            await WaitUntilSleepingAsync(dispatcher);
+
+            // Assert: the owed item, run late, finds the debt dropped and sends no wake-up to the sleeping dispatcher.
+            Assert.True(owed.TryDequeue(out Action? pay));
+            await Task.Run(pay).DefaultTimeout();
+            Assert.Equal(wakeups, dispatcher.Wakeups);
+            Assert.True(dispatcher.IsSleepingForTests, "the owed wake-up woke a dispatcher that had already seen the flush");
+        }
+        finally
+        {
+            ClearHooks(owed);
+        }
+    }
+
+    [Fact]
+    public async Task AFlushOnABusyPool_IsSentOnceTheRealPoolRunsTheOwedWakeup()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
+        // No output coalescing: a held-back output read would take the flush without the output scheduler.
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o =>
+        {
+            o.DispatcherCount = 1;
+            o.OutputCoalescingDelay = TimeSpan.Zero;
+        });
+        (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+        ProactorDispatcher dispatcher = ((ProactorConnection)connection).Dispatcher;
+        ProactorDispatcher.TestPoolHasQueuedWork = d => ReferenceEquals(d, dispatcher) ? true : null;
+        try
+        {
+            // Act: the flushes owe their wake-ups, and the thread pool itself runs the owed work items.
+            long owedBefore = dispatcher.WakeupsOwed;
+            for (int i = 0; i < 20; i++)
+            {
+                await WaitUntilSleepingAsync(dispatcher);
+                await Task.Run(() => connection.Transport.Output.WriteAsync(new[] { (byte)i }).AsTask()).DefaultTimeout();
+                Assert.Equal(new[] { (byte)i }, await RawClient.ReceiveExactlyAsync(client, 1).DefaultTimeout());
+            }
+
+            // Assert: each flush found the dispatcher asleep and owed its wake-up, and each was paid.
+            Assert.Equal(owedBefore + 20, dispatcher.WakeupsOwed);
+        }
+        finally
+        {
+            ProactorDispatcher.TestPoolHasQueuedWork = null;
+        }
+    }
+
+    [Fact]
+    public async Task AFlushFromAThreadOutsideThePool_WakesTheDispatcherAtOnce()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o => o.DispatcherCount = 1);
+        (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+        ProactorDispatcher dispatcher = ((ProactorConnection)connection).Dispatcher;
+        var owed = new ConcurrentQueue<Action>();
+        SetHooks(dispatcher, owed);
+        try
+        {
+            // Act: a thread of the application's own flushes while the pool counts as busy: no pool work item is
+            // queued behind its work, so nothing could ride on an owed wake-up.
+            await WaitUntilSleepingAsync(dispatcher);
+            var flushed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            var thread = new Thread(() =>
+            {
+                try
+                {
+                    connection.Transport.Output.WriteAsync("T"u8.ToArray()).AsTask().GetAwaiter().GetResult();
+                    flushed.TrySetResult();
+                }
+                catch (Exception ex)
+                {
+                    flushed.TrySetException(ex);
+                }
+            });
+            thread.Start();
+            await flushed.Task.DefaultTimeout();
+
+            // Assert
+            Assert.Equal("T"u8.ToArray(), await RawClient.ReceiveExactlyAsync(client, 1).DefaultTimeout());
+            Assert.Empty(owed);
+        }
+        finally
+        {
+            ClearHooks(owed);
+        }
+    }
+
+    [Fact]
+    public async Task InInlineMode_AFlushFromAPoolThreadWakesTheDispatcherAtOnce()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
+        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.ProactorInline, configure: o => o.DispatcherCount = 1);
+        (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
+        ProactorDispatcher dispatcher = ((ProactorConnection)connection).Dispatcher;
+        var owed = new ConcurrentQueue<Action>();
+        SetHooks(dispatcher, owed);
+        try
+        {
+            // Act: an application that offloads its work flushes from a pool thread, the pool counting as busy. In
+            // inline mode the output's reader is the plain dispatcher: nothing may wait for a pool work item.
+            await WaitUntilSleepingAsync(dispatcher);
+            await Task.Run(() => connection.Transport.Output.WriteAsync("I"u8.ToArray()).AsTask()).DefaultTimeout();
+
+            // Assert
+            Assert.Equal("I"u8.ToArray(), await RawClient.ReceiveExactlyAsync(client, 1).DefaultTimeout());
+            Assert.Empty(owed);
+        }
+        finally
+        {
+            ClearHooks(owed);
+        }
+    }
+
+    private static void SetHooks(ProactorDispatcher dispatcher, ConcurrentQueue<Action> owed)
+    {
+        ProactorDispatcher.TestPoolHasQueuedWork = d => ReferenceEquals(d, dispatcher) ? true : null;
+        ProactorDispatcher.TestQueueOwedWakeup = (d, pay) =>
+        {
+            if (!ReferenceEquals(d, dispatcher))
+            {
+                return false;
+            }
+
+            owed.Enqueue(pay);
+            return true;
+        };
+    }
+
+    private static void ClearHooks(ConcurrentQueue<Action> owed)
+    {
+        ProactorDispatcher.TestPoolHasQueuedWork = null;
+        ProactorDispatcher.TestQueueOwedWakeup = null;
+        // Whatever the test left owed is paid, so its dispatcher is not left asleep with work queued.
+        while (owed.TryDequeue(out Action? pay))
+        {
+            pay();
+        }
+    }
+
+    private static async Task WaitUntilSleepingAsync(ProactorDispatcher dispatcher)
+    {
+        using var timeout = new CancellationTokenSource(TestTimeouts.Default);
+        while (!dispatcher.IsSleepingForTests)
+        {
+            await Task.Delay(5, timeout.Token);
+        }
+
+        // Asleep in the kernel, not only about to be: the flag is set just before the enter.
+        await Task.Delay(20, timeout.Token);
+    }
+}
