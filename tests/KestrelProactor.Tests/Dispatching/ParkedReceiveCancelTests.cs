@@ -26,94 +26,30 @@ public sealed class ParkedReceiveCancelTests
     public async Task APauseWhoseCancelMissedAParkedReceive_StillStopsItsNextReceive()
     {
         Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
+        await using Scenario scenario = await Scenario.StartAsync();
+        ProactorConnection victim = scenario.Victim;
 
-        // Arrange: one dispatcher, a ring of four buffers; the input pauses at two buffers' worth. A connection whose
-        // application does not read holds two buffers, lent to its input.
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o =>
+        // Act: the victim's input pauses and its receive is parked in one batch; then, on the dispatcher before the
+        // queue is served, both applications read everything, so the buffers come back and the victim's input resumes
+        // while its receive is still parked.
+        (bool cancelAskedBeforeParking, _) = await scenario.PauseAndParkAsync(() =>
         {
-            o.DispatcherCount = 1;
-            o.ReceiveBufferCount = 4;
-            o.ReceiveBufferSize = BufferSize;
-            o.MaxReadBufferSize = MaxRead;
+            ConsumeAll(scenario.Holder.Transport.Input);
+            ConsumeAll(victim.Transport.Input);
         });
-        var dispatcher = (IoUringDispatcher)((ProactorTransportFactory)harness.Factory).Backend!.Dispatchers.Single();
-        Assert.SkipUnless(dispatcher.FeaturesInUse.Contains("multishot-recv"), "a single-shot receive does not stay armed");
-        (Socket holderClient, ConnectionContext holderContext) = await harness.ConnectAndAcceptAsync();
-        (Socket client, ConnectionContext victimContext) = await harness.ConnectAndAcceptAsync();
-        var holder = (ProactorConnection)holderContext;
-        var victim = (ProactorConnection)victimContext;
-        await RawClient.SendAllAsync(holderClient, new byte[2 * BufferSize]);
-        await WaitUntilAsync(() => dispatcher.ReceiveBuffersLent == 2, "the holder never held two buffers");
-
-        int victimBuffers = 0;
-        int consumedAt = -1;
-        bool pausedAndParked = false;
-        using var release = new ManualResetEventSlim();
-        var holding = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        dispatcher.Schedule(
-            _ =>
-            {
-                dispatcher.BufferReceivedForTests = c =>
-                {
-                    if (ReferenceEquals(c, victim))
-                    {
-                        victimBuffers++;
-                    }
-                };
-                holding.TrySetResult();
-                release.Wait(TestTimeouts.Default);
-            },
-            null);
-        await holding.Task.DefaultTimeout();
-        try
-        {
-            // Act: while the dispatcher is held, the victim's peer sends three buffers' worth. In one batch, its
-            // receive fills the last two buffers (the input pauses, a cancel is queued for the kernel) and then finds
-            // the ring empty: the receive is parked, and the queued cancel will find nothing in the kernel.
-            ProactorDispatcher.TestLoopHook = d =>
-            {
-                if (!ReferenceEquals(d, dispatcher) || consumedAt >= 0 || !victim.IsReceivePaused || dispatcher.QueuedReceivesForTests == 0)
-                {
-                    return;
-                }
-
-                // On the dispatcher, before the queue is served: both applications read everything, so the
-                // buffers come back and the victim's input resumes while its receive is still parked.
-                // The scenario: the pause's cancel was asked for before the receive was parked.
-                pausedAndParked = victim.ReceiveCancelRequested;
-                ConsumeAll(holder.Transport.Input);
-                ConsumeAll(victim.Transport.Input);
-                consumedAt = victimBuffers;
-            };
-            await RawClient.SendAllAsync(client, new byte[3 * BufferSize]);
-            await Task.Delay(200);
-            release.Set();
-            await WaitUntilAsync(() => Volatile.Read(ref consumedAt) >= 0, () => "the victim never paused with its receive parked: " + dispatcher.DescribeReceiveState());
-        }
-        finally
-        {
-            release.Set();
-            ProactorDispatcher.TestLoopHook = null;
-        }
 
         // Then its peer sends sixteen buffers' worth, one buffer at a time, and nobody reads: the input pauses again at
         // two buffers, and its receive must stop soon after (the leftover third buffer of the first send, and what a
         // held-up dispatcher receives before the cancel lands: at most the ring's four).
         await WaitUntilAsync(() => !victim.IsReceivePaused, "the victim's input never resumed");
-        int before = Volatile.Read(ref victimBuffers);
-        for (int i = 0; i < Chunks; i++)
-        {
-            await RawClient.SendAllAsync(client, new byte[BufferSize]);
-            await Task.Delay(20);
-        }
-
-        await Task.Delay(300);
-        int taken = Volatile.Read(ref victimBuffers) - before;
-        bool armed = await OnDispatcherAsync(dispatcher, () => victim.ReceiveActive);
+        int before = scenario.VictimBuffers;
+        await scenario.SendChunksAsync(pauseMilliseconds: 20);
+        int taken = scenario.VictimBuffers - before;
+        bool armed = await OnDispatcherAsync(scenario.Dispatcher, () => victim.ReceiveActive);
 
         // Assert. Before the fix, the parked receive went out with the earlier cancel's flag still set: the second pause
         // sent no cancel, and the multishot receive took all sixteen buffers and stayed armed.
-        Assert.True(pausedAndParked, "the receive was parked without the pause's cancel asked for");
+        Assert.True(cancelAskedBeforeParking, "the receive was parked without the pause's cancel asked for");
         Assert.True(taken <= 4 && !armed, $"the input paused at {MaxRead} bytes, yet its receive took {taken} chunks and is {(armed ? "still armed" : "ended")}");
 
         // Nothing was lost: once the application reads, every byte arrives (the first send's third buffer, which had
@@ -126,85 +62,145 @@ public sealed class ParkedReceiveCancelTests
     public async Task AnInputThatEndsWhileItsReceiveIsParked_EndsTheReceiveBeforeItGoesOut()
     {
         Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
+        await using Scenario scenario = await Scenario.StartAsync();
+        ProactorConnection victim = scenario.Victim;
 
-        // Arrange: as above.
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o =>
-        {
-            o.DispatcherCount = 1;
-            o.ReceiveBufferCount = 4;
-            o.ReceiveBufferSize = BufferSize;
-            o.MaxReadBufferSize = MaxRead;
-        });
-        var dispatcher = (IoUringDispatcher)((ProactorTransportFactory)harness.Factory).Backend!.Dispatchers.Single();
-        Assert.SkipUnless(dispatcher.FeaturesInUse.Contains("multishot-recv"), "a single-shot receive does not stay armed");
-        (Socket holderClient, _) = await harness.ConnectAndAcceptAsync();
-        (Socket client, ConnectionContext victimContext) = await harness.ConnectAndAcceptAsync();
-        var victim = (ProactorConnection)victimContext;
-        await RawClient.SendAllAsync(holderClient, new byte[2 * BufferSize]);
-        await WaitUntilAsync(() => dispatcher.ReceiveBuffersLent == 2, () => "the holder never held two buffers: " + dispatcher.DescribeReceiveState());
+        // Act: as above, but its application completes the input instead of reading it (which ends the pause, and
+        // the input); then the peer sends sixteen more buffers' worth.
+        (bool cancelAskedBeforeParking, int endedAt) = await scenario.PauseAndParkAsync(() => victim.Transport.Input.Complete());
+        await scenario.SendChunksAsync(pauseMilliseconds: 10);
+        int taken = scenario.VictimBuffers - endedAt;
+        bool armed = await OnDispatcherAsync(scenario.Dispatcher, () => victim.ReceiveActive);
+        int inFlight = await OnDispatcherAsync(scenario.Dispatcher, () => scenario.Dispatcher.InFlightOf(victim));
 
-        int victimBuffers = 0;
-        int endedAt = -1;
-        bool cancelAskedBeforeParking = false;
-        using var release = new ManualResetEventSlim();
-        var holding = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        dispatcher.Schedule(
-            _ =>
-            {
-                dispatcher.BufferReceivedForTests = c =>
-                {
-                    if (ReferenceEquals(c, victim))
-                    {
-                        victimBuffers++;
-                    }
-                };
-                holding.TrySetResult();
-                release.Wait(TestTimeouts.Default);
-            },
-            null);
-        await holding.Task.DefaultTimeout();
-        try
-        {
-            // Act: as above, the victim's input pauses and its receive is parked in one batch; then, on the dispatcher
-            // before the queue is served, its application completes the input instead of reading it (which ends the
-            // pause, and the input).
-            ProactorDispatcher.TestLoopHook = d =>
-            {
-                if (ReferenceEquals(d, dispatcher) && endedAt < 0 && victim.IsReceivePaused && dispatcher.QueuedReceivesForTests != 0)
-                {
-                    cancelAskedBeforeParking = victim.ReceiveCancelRequested;
-                    victim.Transport.Input.Complete();
-                    endedAt = victimBuffers;
-                }
-            };
-            await RawClient.SendAllAsync(client, new byte[3 * BufferSize]);
-            await Task.Delay(200);
-            release.Set();
-            await WaitUntilAsync(() => Volatile.Read(ref endedAt) >= 0, () => "the victim's receive was never parked: " + dispatcher.DescribeReceiveState());
-        }
-        finally
-        {
-            release.Set();
-            ProactorDispatcher.TestLoopHook = null;
-        }
-
-        // Then the peer sends sixteen more buffers' worth.
-        for (int i = 0; i < Chunks; i++)
-        {
-            await RawClient.SendAllAsync(client, new byte[BufferSize]);
-            await Task.Delay(10);
-        }
-
-        await Task.Delay(300);
-        int taken = Volatile.Read(ref victimBuffers) - endedAt;
-        bool armed = await OnDispatcherAsync(dispatcher, () => victim.ReceiveActive);
-        int inFlight = await OnDispatcherAsync(dispatcher, () => dispatcher.InFlightOf(victim));
-
-        // Assert: the parked receive ended without going out, and its count in flight with it. Before, it went out once the pause was over, and stayed
-        // armed past the input's end, filling buffers nobody reads.
+        // Assert: the parked receive ended without going out, and its count in flight with it. Before, it went out
+        // once the pause was over, and stayed armed past the input's end, filling buffers nobody reads.
         Assert.True(cancelAskedBeforeParking, "the receive was parked without the pause's cancel asked for");
-        Assert.Equal(0, inFlight);
         Assert.True(!armed && taken == 0, $"the input ended while its receive was parked, yet the receive took {taken} buffers and is {(armed ? "still armed" : "ended")}");
+        Assert.Equal(0, inFlight);
+    }
+
+    /// <summary>
+    /// One dispatcher, a ring of four buffers, inputs that pause at two buffers' worth; a connection whose application
+    /// does not read holds two buffers, lent to its input; the victim's buffer deliveries are counted.
+    /// </summary>
+    private sealed class Scenario : IAsyncDisposable
+    {
+        private int _victimBuffers;
+
+        private Scenario(ListenerHarness harness, IoUringDispatcher dispatcher, ProactorConnection holder, ProactorConnection victim, Socket client)
+        {
+            Harness = harness;
+            Dispatcher = dispatcher;
+            Holder = holder;
+            Victim = victim;
+            Client = client;
+        }
+
+        public ListenerHarness Harness { get; }
+
+        public IoUringDispatcher Dispatcher { get; }
+
+        public ProactorConnection Holder { get; }
+
+        public ProactorConnection Victim { get; }
+
+        public Socket Client { get; }
+
+        public int VictimBuffers => Volatile.Read(ref _victimBuffers);
+
+        public static async Task<Scenario> StartAsync()
+        {
+            ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o =>
+            {
+                o.DispatcherCount = 1;
+                o.ReceiveBufferCount = 4;
+                o.ReceiveBufferSize = BufferSize;
+                o.MaxReadBufferSize = MaxRead;
+            });
+            try
+            {
+                var dispatcher = (IoUringDispatcher)((ProactorTransportFactory)harness.Factory).Backend!.Dispatchers.Single();
+                Assert.SkipUnless(dispatcher.FeaturesInUse.Contains("multishot-recv"), "a single-shot receive does not stay armed");
+                (Socket holderClient, ConnectionContext holder) = await harness.ConnectAndAcceptAsync();
+                (Socket client, ConnectionContext victim) = await harness.ConnectAndAcceptAsync();
+                var scenario = new Scenario(harness, dispatcher, (ProactorConnection)holder, (ProactorConnection)victim, client);
+                await RawClient.SendAllAsync(holderClient, new byte[2 * BufferSize]);
+                await WaitUntilAsync(() => dispatcher.ReceiveBuffersLent == 2, () => "the holder never held two buffers: " + dispatcher.DescribeReceiveState());
+                return scenario;
+            }
+            catch
+            {
+                await harness.DisposeAsync();
+                throw;
+            }
+        }
+
+        /// <summary>
+        /// While the dispatcher is held, the victim's peer sends three buffers' worth. In one batch, its receive fills
+        /// the last two buffers (the input pauses, a cancel is queued for the kernel) and then finds the ring empty: the
+        /// receive is parked, and the queued cancel will find nothing in the kernel. <paramref name="onParked"/> then
+        /// runs on the dispatcher, before the queue is served.
+        /// </summary>
+        /// <returns>Whether the pause's cancel had been asked for when the receive was parked, and the victim's buffer count then.</returns>
+        public async Task<(bool CancelAskedBeforeParking, int BuffersThen)> PauseAndParkAsync(Action onParked)
+        {
+            int buffersThen = -1;
+            bool cancelAsked = false;
+            using (await DispatcherHold.HoldAsync(Dispatcher, () => Dispatcher.BufferReceivedForTests = c =>
+            {
+                if (ReferenceEquals(c, Victim))
+                {
+                    _victimBuffers++;
+                }
+            }))
+            {
+                try
+                {
+                    ProactorDispatcher.TestLoopHook = d =>
+                    {
+                        if (ReferenceEquals(d, Dispatcher) && buffersThen < 0 && Victim.IsReceivePaused && Dispatcher.QueuedReceivesForTests != 0)
+                        {
+                            cancelAsked = Victim.ReceiveCancelRequested;
+                            onParked();
+                            buffersThen = _victimBuffers;
+                        }
+                    };
+                    await RawClient.SendAllAsync(Client, new byte[3 * BufferSize]);
+                    await Task.Delay(200);
+                }
+                catch
+                {
+                    ProactorDispatcher.TestLoopHook = null;
+                    throw;
+                }
+            }
+
+            try
+            {
+                await WaitUntilAsync(() => Volatile.Read(ref buffersThen) >= 0, () => "the victim never paused with its receive parked: " + Dispatcher.DescribeReceiveState());
+            }
+            finally
+            {
+                ProactorDispatcher.TestLoopHook = null;
+            }
+
+            return (cancelAsked, buffersThen);
+        }
+
+        /// <summary>The victim's peer sends sixteen buffers' worth, one at a time; then the dispatcher has 300 ms to settle.</summary>
+        public async Task SendChunksAsync(int pauseMilliseconds)
+        {
+            for (int i = 0; i < Chunks; i++)
+            {
+                await RawClient.SendAllAsync(Client, new byte[BufferSize]);
+                await Task.Delay(pauseMilliseconds);
+            }
+
+            await Task.Delay(300);
+        }
+
+        public ValueTask DisposeAsync() => Harness.DisposeAsync();
     }
 
     private static bool ConsumeAll(PipeReader reader)

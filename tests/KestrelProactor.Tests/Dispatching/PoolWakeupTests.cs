@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Diagnostics.CodeAnalysis;
 using System.Net.Sockets;
 using KestrelProactor.Dispatching;
 using KestrelProactor.Internal;
@@ -25,36 +26,28 @@ public sealed class PoolWakeupTests
         (Socket clientA, ConnectionContext a) = await harness.ConnectAndAcceptAsync();
         (Socket clientB, ConnectionContext b) = await harness.ConnectAndAcceptAsync();
         ProactorDispatcher dispatcher = ((ProactorConnection)a).Dispatcher;
-        var owed = new ConcurrentQueue<Action>();
-        SetHooks(dispatcher, owed);
-        try
-        {
-            await WaitUntilSleepingAsync(dispatcher);
-            long wakeups = dispatcher.Wakeups;
+        using var owed = new HeldWakeups(dispatcher);
+        await WaitUntilSleepingAsync(dispatcher);
+        long wakeups = dispatcher.Wakeups;
 
-            // Act: two flushes on pool threads, 100 ms apart, while the pool counts as busy and its owed work item is
-            // held by the test.
-            await Task.Run(() => a.Transport.Output.WriteAsync("A"u8.ToArray()).AsTask()).DefaultTimeout();
-            await Task.Delay(100);
-            await Task.Run(() => b.Transport.Output.WriteAsync("B"u8.ToArray()).AsTask()).DefaultTimeout();
-            await Task.Delay(100);
+        // Act: two flushes on pool threads, 100 ms apart, while the pool counts as busy and its owed work item is
+        // held by the test.
+        await Task.Run(() => a.Transport.Output.WriteAsync("A"u8.ToArray()).AsTask()).DefaultTimeout();
+        await Task.Delay(100);
+        await Task.Run(() => b.Transport.Output.WriteAsync("B"u8.ToArray()).AsTask()).DefaultTimeout();
+        await Task.Delay(100);
 
-            // Assert: one wake-up owed for both, none sent, nothing sent yet (the dispatcher sleeps on).
-            Assert.Single(owed);
-            Assert.Equal(wakeups, dispatcher.Wakeups);
-            Assert.Equal(0, clientA.Available + clientB.Available);
+        // Assert: one wake-up owed for both, none sent, nothing sent yet (the dispatcher sleeps on).
+        Assert.Equal(1, owed.Count);
+        Assert.Equal(wakeups, dispatcher.Wakeups);
+        Assert.Equal(0, clientA.Available + clientB.Available);
 
-            // Once the pool runs the owed item: one wake-up, and both flushes go out.
-            Assert.True(owed.TryDequeue(out Action? pay));
-            await Task.Run(pay).DefaultTimeout();
-            Assert.Equal("A"u8.ToArray(), await RawClient.ReceiveExactlyAsync(clientA, 1).DefaultTimeout());
-            Assert.Equal("B"u8.ToArray(), await RawClient.ReceiveExactlyAsync(clientB, 1).DefaultTimeout());
-            Assert.Equal(wakeups + 1, dispatcher.Wakeups);
-        }
-        finally
-        {
-            ClearHooks(owed);
-        }
+        // Once the pool runs the owed item: one wake-up, and both flushes go out.
+        Assert.True(owed.TryDequeue(out Action? pay));
+        await Task.Run(pay).DefaultTimeout();
+        Assert.Equal("A"u8.ToArray(), await RawClient.ReceiveExactlyAsync(clientA, 1).DefaultTimeout());
+        Assert.Equal("B"u8.ToArray(), await RawClient.ReceiveExactlyAsync(clientB, 1).DefaultTimeout());
+        Assert.Equal(wakeups + 1, dispatcher.Wakeups);
     }
 
     [Fact]
@@ -65,31 +58,23 @@ public sealed class PoolWakeupTests
         (Socket clientA, ConnectionContext a) = await harness.ConnectAndAcceptAsync();
         (Socket clientB, ConnectionContext b) = await harness.ConnectAndAcceptAsync();
         ProactorDispatcher dispatcher = ((ProactorConnection)a).Dispatcher;
-        var owed = new ConcurrentQueue<Action>();
-        SetHooks(dispatcher, owed);
-        try
-        {
-            await WaitUntilSleepingAsync(dispatcher);
-            long wakeups = dispatcher.Wakeups;
-            await Task.Run(() => a.Transport.Output.WriteAsync("A"u8.ToArray()).AsTask()).DefaultTimeout();
-            Assert.Single(owed);
+        using var owed = new HeldWakeups(dispatcher);
+        await WaitUntilSleepingAsync(dispatcher);
+        long wakeups = dispatcher.Wakeups;
+        await Task.Run(() => a.Transport.Output.WriteAsync("A"u8.ToArray()).AsTask()).DefaultTimeout();
+        Assert.Equal(1, owed.Count);
 
-            // Act: B's peer sends a byte; its receive's completion wakes the dispatcher, which then sees A's flush too.
-            await RawClient.SendAllAsync(clientB, "b"u8.ToArray());
-            Assert.Equal("A"u8.ToArray(), await RawClient.ReceiveExactlyAsync(clientA, 1).DefaultTimeout());
-            await ServerPipes.ReadExactlyAsync(b.Transport.Input, 1);
-            await WaitUntilSleepingAsync(dispatcher);
+        // Act: B's peer sends a byte; its receive's completion wakes the dispatcher, which then sees A's flush too.
+        await RawClient.SendAllAsync(clientB, "b"u8.ToArray());
+        Assert.Equal("A"u8.ToArray(), await RawClient.ReceiveExactlyAsync(clientA, 1).DefaultTimeout());
+        await ServerPipes.ReadExactlyAsync(b.Transport.Input, 1);
+        await WaitUntilSleepingAsync(dispatcher);
 
-            // Assert: the owed item, run late, finds the debt dropped and sends no wake-up to the sleeping dispatcher.
-            Assert.True(owed.TryDequeue(out Action? pay));
-            await Task.Run(pay).DefaultTimeout();
-            Assert.Equal(wakeups, dispatcher.Wakeups);
-            Assert.True(dispatcher.IsSleepingForTests, "the owed wake-up woke a dispatcher that had already seen the flush");
-        }
-        finally
-        {
-            ClearHooks(owed);
-        }
+        // Assert: the owed item, run late, finds the debt dropped and sends no wake-up to the sleeping dispatcher.
+        Assert.True(owed.TryDequeue(out Action? pay));
+        await Task.Run(pay).DefaultTimeout();
+        Assert.Equal(wakeups, dispatcher.Wakeups);
+        Assert.True(dispatcher.IsSleepingForTests, "the owed wake-up woke a dispatcher that had already seen the flush");
     }
 
     [Fact]
@@ -104,25 +89,18 @@ public sealed class PoolWakeupTests
         });
         (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
         ProactorDispatcher dispatcher = ((ProactorConnection)connection).Dispatcher;
-        ProactorDispatcher.TestPoolHasQueuedWork = d => ReferenceEquals(d, dispatcher) ? true : null;
-        try
+        using var busy = new HeldWakeups(dispatcher, holdOwedItems: false);
+        // Act: the flushes owe their wake-ups, and the thread pool itself runs the owed work items.
+        long owedBefore = dispatcher.WakeupsOwed;
+        for (int i = 0; i < 20; i++)
         {
-            // Act: the flushes owe their wake-ups, and the thread pool itself runs the owed work items.
-            long owedBefore = dispatcher.WakeupsOwed;
-            for (int i = 0; i < 20; i++)
-            {
-                await WaitUntilSleepingAsync(dispatcher);
-                await Task.Run(() => connection.Transport.Output.WriteAsync(new[] { (byte)i }).AsTask()).DefaultTimeout();
-                Assert.Equal(new[] { (byte)i }, await RawClient.ReceiveExactlyAsync(client, 1).DefaultTimeout());
-            }
+            await WaitUntilSleepingAsync(dispatcher);
+            await Task.Run(() => connection.Transport.Output.WriteAsync(new[] { (byte)i }).AsTask()).DefaultTimeout();
+            Assert.Equal(new[] { (byte)i }, await RawClient.ReceiveExactlyAsync(client, 1).DefaultTimeout());
+        }
 
-            // Assert: each flush found the dispatcher asleep and owed its wake-up, and each was paid.
-            Assert.Equal(owedBefore + 20, dispatcher.WakeupsOwed);
-        }
-        finally
-        {
-            ProactorDispatcher.TestPoolHasQueuedWork = null;
-        }
+        // Assert: each flush found the dispatcher asleep and owed its wake-up, and each was paid.
+        Assert.Equal(owedBefore + 20, dispatcher.WakeupsOwed);
     }
 
     [Fact]
@@ -132,37 +110,29 @@ public sealed class PoolWakeupTests
         await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o => o.DispatcherCount = 1);
         (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
         ProactorDispatcher dispatcher = ((ProactorConnection)connection).Dispatcher;
-        var owed = new ConcurrentQueue<Action>();
-        SetHooks(dispatcher, owed);
-        try
+        using var owed = new HeldWakeups(dispatcher);
+        // Act: a thread of the application's own flushes while the pool counts as busy: no pool work item is
+        // queued behind its work, so nothing could ride on an owed wake-up.
+        await WaitUntilSleepingAsync(dispatcher);
+        var flushed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var thread = new Thread(() =>
         {
-            // Act: a thread of the application's own flushes while the pool counts as busy: no pool work item is
-            // queued behind its work, so nothing could ride on an owed wake-up.
-            await WaitUntilSleepingAsync(dispatcher);
-            var flushed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            var thread = new Thread(() =>
+            try
             {
-                try
-                {
-                    connection.Transport.Output.WriteAsync("T"u8.ToArray()).AsTask().GetAwaiter().GetResult();
-                    flushed.TrySetResult();
-                }
-                catch (Exception ex)
-                {
-                    flushed.TrySetException(ex);
-                }
-            });
-            thread.Start();
-            await flushed.Task.DefaultTimeout();
+                connection.Transport.Output.WriteAsync("T"u8.ToArray()).AsTask().GetAwaiter().GetResult();
+                flushed.TrySetResult();
+            }
+            catch (Exception ex)
+            {
+                flushed.TrySetException(ex);
+            }
+        });
+        thread.Start();
+        await flushed.Task.DefaultTimeout();
 
-            // Assert
-            Assert.Equal("T"u8.ToArray(), await RawClient.ReceiveExactlyAsync(client, 1).DefaultTimeout());
-            Assert.Empty(owed);
-        }
-        finally
-        {
-            ClearHooks(owed);
-        }
+        // Assert
+        Assert.Equal("T"u8.ToArray(), await RawClient.ReceiveExactlyAsync(client, 1).DefaultTimeout());
+        Assert.Equal(0, owed.Count);
     }
 
     [Fact]
@@ -172,48 +142,56 @@ public sealed class PoolWakeupTests
         await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.ProactorInline, configure: o => o.DispatcherCount = 1);
         (Socket client, ConnectionContext connection) = await harness.ConnectAndAcceptAsync();
         ProactorDispatcher dispatcher = ((ProactorConnection)connection).Dispatcher;
-        var owed = new ConcurrentQueue<Action>();
-        SetHooks(dispatcher, owed);
-        try
-        {
-            // Act: an application that offloads its work flushes from a pool thread, the pool counting as busy. In
-            // inline mode the output's reader is the plain dispatcher: nothing may wait for a pool work item.
-            await WaitUntilSleepingAsync(dispatcher);
-            await Task.Run(() => connection.Transport.Output.WriteAsync("I"u8.ToArray()).AsTask()).DefaultTimeout();
+        using var owed = new HeldWakeups(dispatcher);
+        // Act: an application that offloads its work flushes from a pool thread, the pool counting as busy. In
+        // inline mode the output's reader is the plain dispatcher: nothing may wait for a pool work item.
+        await WaitUntilSleepingAsync(dispatcher);
+        await Task.Run(() => connection.Transport.Output.WriteAsync("I"u8.ToArray()).AsTask()).DefaultTimeout();
 
-            // Assert
-            Assert.Equal("I"u8.ToArray(), await RawClient.ReceiveExactlyAsync(client, 1).DefaultTimeout());
-            Assert.Empty(owed);
-        }
-        finally
-        {
-            ClearHooks(owed);
-        }
+        // Assert
+        Assert.Equal("I"u8.ToArray(), await RawClient.ReceiveExactlyAsync(client, 1).DefaultTimeout());
+        Assert.Equal(0, owed.Count);
     }
 
-    private static void SetHooks(ProactorDispatcher dispatcher, ConcurrentQueue<Action> owed)
+    /// <summary>
+    /// For one dispatcher: the pool counts as busy, and (unless <c>holdOwedItems</c> is false) the owed wake-ups' work
+    /// items are held here instead of queued on the pool. Disposing clears the hooks and pays whatever is still held,
+    /// so the dispatcher is not left asleep with work queued.
+    /// </summary>
+    private sealed class HeldWakeups : IDisposable
     {
-        ProactorDispatcher.TestPoolHasQueuedWork = d => ReferenceEquals(d, dispatcher) ? true : null;
-        ProactorDispatcher.TestQueueOwedWakeup = (d, pay) =>
+        private readonly ConcurrentQueue<Action> _owed = new();
+
+        public HeldWakeups(ProactorDispatcher dispatcher, bool holdOwedItems = true)
         {
-            if (!ReferenceEquals(d, dispatcher))
+            ProactorDispatcher.TestPoolHasQueuedWork = d => ReferenceEquals(d, dispatcher) ? true : null;
+            if (holdOwedItems)
             {
-                return false;
+                ProactorDispatcher.TestQueueOwedWakeup = (d, pay) =>
+                {
+                    if (!ReferenceEquals(d, dispatcher))
+                    {
+                        return false;
+                    }
+
+                    _owed.Enqueue(pay);
+                    return true;
+                };
             }
+        }
 
-            owed.Enqueue(pay);
-            return true;
-        };
-    }
+        public int Count => _owed.Count;
 
-    private static void ClearHooks(ConcurrentQueue<Action> owed)
-    {
-        ProactorDispatcher.TestPoolHasQueuedWork = null;
-        ProactorDispatcher.TestQueueOwedWakeup = null;
-        // Whatever the test left owed is paid, so its dispatcher is not left asleep with work queued.
-        while (owed.TryDequeue(out Action? pay))
+        public bool TryDequeue([NotNullWhen(true)] out Action? pay) => _owed.TryDequeue(out pay);
+
+        public void Dispose()
         {
-            pay();
+            ProactorDispatcher.TestPoolHasQueuedWork = null;
+            ProactorDispatcher.TestQueueOwedWakeup = null;
+            while (_owed.TryDequeue(out Action? pay))
+            {
+                pay();
+            }
         }
     }
 

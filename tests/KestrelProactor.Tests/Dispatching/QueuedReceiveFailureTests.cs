@@ -46,16 +46,7 @@ public sealed class QueuedReceiveFailureTests
         // the target's byte finds the ring empty; once it goes on, the target's receive waits in the queue, and the
         // loop fails at the start of the next pass, before the queue is served.
         bool failedWithQueued = false;
-        using var release = new ManualResetEventSlim();
-        var holding = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        dispatcher.Schedule(
-            _ =>
-            {
-                holding.TrySetResult();
-                release.Wait(TestTimeouts.Default);
-            },
-            null);
-        await holding.Task.DefaultTimeout();
+        using DispatcherHold hold = await DispatcherHold.HoldAsync(dispatcher);
         try
         {
             ProactorDispatcher.TestLoopHook = d =>
@@ -70,12 +61,12 @@ public sealed class QueuedReceiveFailureTests
             await Task.Delay(200);
             await client.SendAsync(new byte[1], SocketFlags.None).DefaultTimeout();
             await Task.Delay(200);
-            release.Set();
+            hold.Release();
             await dispatcher.Ended.DefaultTimeout();
         }
         finally
         {
-            release.Set();
+            hold.Release();
             ProactorDispatcher.TestLoopHook = null;
         }
 

@@ -50,27 +50,12 @@ public class StarvedReceiveTests
         // Act: every peer sends eight buffers' worth while the dispatcher is held, so that all of them wait for the
         // buffer before any is served; then the dispatcher goes on, and the order they get the buffer in is kept.
         var served = new ConcurrentQueue<int>();
-        using var release = new ManualResetEventSlim();
-        var holding = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        dispatcher.Schedule(
-            _ =>
-            {
-                dispatcher.BufferReceivedForTests = c => served.Enqueue(Array.IndexOf(connections, c));
-                holding.TrySetResult();
-                release.Wait(TestTimeouts.Default);
-            },
-            null);
-        await holding.Task.DefaultTimeout();
-        try
+        using (await DispatcherHold.HoldAsync(dispatcher, () => dispatcher.BufferReceivedForTests = c => served.Enqueue(Array.IndexOf(connections, c))))
         {
             for (int i = 0; i < WaitingConnections; i++)
             {
                 await RawClient.SendAllAsync(clients[i], payloads[i]);
             }
-        }
-        finally
-        {
-            release.Set();
         }
 
         await WaitUntilAsync(() => served.Count(i => i >= 0) >= WaitingConnections * BuffersEach);
