@@ -22,13 +22,9 @@ public sealed class PoolWakeupTests
     public async Task FlushesWhileAWakeupIsOwed_RideOnIt_AndAllGoOutWhenItIsPaid()
     {
         Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o => o.DispatcherCount = 1);
-        (Socket clientA, ConnectionContext a) = await harness.ConnectAndAcceptAsync();
-        (Socket clientB, ConnectionContext b) = await harness.ConnectAndAcceptAsync();
-        ProactorDispatcher dispatcher = ((ProactorConnection)a).Dispatcher;
-        using var owed = new HeldWakeups(dispatcher);
-        await WaitUntilSleepingAsync(dispatcher);
-        long wakeups = dispatcher.Wakeups;
+        await using TwoConnections two = await TwoConnections.StartAsync();
+        (Socket clientA, ConnectionContext a, Socket clientB, ConnectionContext b) = (two.ClientA, two.A, two.ClientB, two.B);
+        (ProactorDispatcher dispatcher, HeldWakeups owed, long wakeups) = (two.Dispatcher, two.Owed, two.WakeupsBefore);
 
         // Act: two flushes on pool threads, 100 ms apart, while the pool counts as busy and its owed work item is
         // held by the test.
@@ -54,13 +50,9 @@ public sealed class PoolWakeupTests
     public async Task ADispatcherThatWokeForACompletionMeanwhile_OwesTheWakeupNothing()
     {
         Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
-        await using ListenerHarness harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o => o.DispatcherCount = 1);
-        (Socket clientA, ConnectionContext a) = await harness.ConnectAndAcceptAsync();
-        (Socket clientB, ConnectionContext b) = await harness.ConnectAndAcceptAsync();
-        ProactorDispatcher dispatcher = ((ProactorConnection)a).Dispatcher;
-        using var owed = new HeldWakeups(dispatcher);
-        await WaitUntilSleepingAsync(dispatcher);
-        long wakeups = dispatcher.Wakeups;
+        await using TwoConnections two = await TwoConnections.StartAsync();
+        (Socket clientA, ConnectionContext a, Socket clientB, ConnectionContext b) = (two.ClientA, two.A, two.ClientB, two.B);
+        (ProactorDispatcher dispatcher, HeldWakeups owed, long wakeups) = (two.Dispatcher, two.Owed, two.WakeupsBefore);
         await Task.Run(() => a.Transport.Output.WriteAsync("A"u8.ToArray()).AsTask()).DefaultTimeout();
         Assert.Equal(1, owed.Count);
 
@@ -151,6 +143,56 @@ public sealed class PoolWakeupTests
         // Assert
         Assert.Equal("I"u8.ToArray(), await RawClient.ReceiveExactlyAsync(client, 1).DefaultTimeout());
         Assert.Equal(0, owed.Count);
+    }
+
+    /// <summary>
+    /// Two connections on one dispatcher, asleep, with its owed wake-ups held (<see cref="HeldWakeups"/>), and its count
+    /// of wake-ups then.
+    /// </summary>
+    private sealed class TwoConnections : IAsyncDisposable
+    {
+        private ListenerHarness _harness = null!;
+
+        public Socket ClientA { get; private set; } = null!;
+
+        public ConnectionContext A { get; private set; } = null!;
+
+        public Socket ClientB { get; private set; } = null!;
+
+        public ConnectionContext B { get; private set; } = null!;
+
+        public ProactorDispatcher Dispatcher { get; private set; } = null!;
+
+        public HeldWakeups Owed { get; private set; } = null!;
+
+        public long WakeupsBefore { get; private set; }
+
+        public static async Task<TwoConnections> StartAsync()
+        {
+            var two = new TwoConnections { _harness = await ListenerHarness.BindAsync(TransportKind.Proactor, configure: o => o.DispatcherCount = 1) };
+            try
+            {
+                (two.ClientA, two.A) = await two._harness.ConnectAndAcceptAsync();
+                (two.ClientB, two.B) = await two._harness.ConnectAndAcceptAsync();
+                two.Dispatcher = ((ProactorConnection)two.A).Dispatcher;
+                two.Owed = new HeldWakeups(two.Dispatcher);
+                await WaitUntilSleepingAsync(two.Dispatcher);
+                two.WakeupsBefore = two.Dispatcher.Wakeups;
+                return two;
+            }
+            catch
+            {
+                await two.DisposeAsync();
+                throw;
+            }
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            // The hooks go (and what they held is paid) before the connections do.
+            Owed?.Dispose();
+            await _harness.DisposeAsync();
+        }
     }
 
     /// <summary>
