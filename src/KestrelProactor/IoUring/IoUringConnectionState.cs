@@ -38,14 +38,6 @@ internal sealed class IoUringConnectionState
     /// </summary>
     public bool RetriedForBuffer { get; set; }
 
-    /// <summary>
-    /// Ring tier: the receive waiting in the dispatcher's queue for a buffer had its cancel asked for before it was
-    /// parked (a pause in the batch that brought its -ENOBUFS). That cancel cannot reach a receive that goes out later,
-    /// so it ends as cancelled when it leaves the queue instead. (A cancel asked for while it is parked comes only with
-    /// its close, which ends it there anyway: the ring tier's input reports its end only as data arrives.)
-    /// </summary>
-    public bool CancelWhileParked { get; set; }
-
     /// <summary>The socket refused a zero-copy send (EOPNOTSUPP): its sends copy from now on.</summary>
     public bool ZeroCopyRefused { get; set; }
 }

@@ -327,9 +327,6 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
 
         EndRetry(state);
         connection.OnReceiveStarved();
-        // A cancel already asked for (back-pressure in the same batch) went to the kernel for a receive that has ended
-        // there, or is still queued ahead of the retry: either way it cannot reach the receive that goes out later.
-        state.CancelWhileParked = connection.ReceiveCancelRequested;
         InsertByTurn(_receiveRetries, connection, state.ReceiveTurn);
         _receivesStarved = true;
         // Counted in flight while it waits (after -ENOBUFS: still, until resubmitted); the retry hands the count on.
@@ -382,17 +379,17 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
         foreach (ProactorConnection connection in _retrying)
         {
             IoUringConnectionState state = StateOf(connection);
-            // A cancel that could not reach it (see CancelWhileParked) ends it here, or a multishot receive would go
-            // out and stay armed past a pause or the input's end.
-            bool ending = connection.IsClosing || connection.IsReceivePaused || state.CancelWhileParked;
+            // A cancel asked for before it was parked (a pause in the batch that brought its -ENOBUFS) went to the
+            // kernel for a receive that had ended there, or is queued ahead of the retry: it cannot reach the receive
+            // that would go out now. The receive ends here instead, or a multishot receive would stay armed past the
+            // pause or the input's end. (While it is parked only its close asks for a cancel, which ends it anyway.)
+            bool ending = connection.IsClosing || connection.IsReceivePaused || connection.ReceiveCancelRequested;
             if (!ending && !buffers)
             {
                 InsertByTurn(_receiveRetries, connection, state.ReceiveTurn);
                 continue;
             }
 
-            // Out of the queue before its handler runs, which may queue a new receive for this connection.
-            state.CancelWhileParked = false;
             connection.OnStarvedReceiveRetried();
             // The placeholder count taken when it was queued is handed to the new submission.
             Table.OnCompleted(connection.Token.ToUserData(OperationKind.Receive), final: true);
@@ -432,7 +429,6 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
     {
         foreach (ProactorConnection connection in _receiveRetries)
         {
-            StateOf(connection).CancelWhileParked = false;
             Table.OnCompleted(connection.Token.ToUserData(OperationKind.Receive), final: true);
         }
 
