@@ -53,7 +53,15 @@ internal abstract partial class ProactorDispatcher
     public PipeScheduler OutputScheduler
         => _outputScheduler ??= CoalescesPoolWakeups && !Options.UnsafePreferInlineScheduling ? new CoalescingScheduler(this) : this;
 
-    private void CountWakeup() => Interlocked.Increment(ref _wakeups);
+    /// <summary>Wakes the dispatcher if it counts itself asleep; of several callers, only the one that clears the flag wakes it.</summary>
+    private void WakeIfSleeping()
+    {
+        if (Volatile.Read(ref _sleeping) == 1 && Interlocked.Exchange(ref _sleeping, 0) == 1)
+        {
+            Interlocked.Increment(ref _wakeups);
+            Wake();
+        }
+    }
 
     private bool ShouldOweWakeup()
         => Thread.CurrentThread.IsThreadPoolThread
@@ -86,12 +94,9 @@ internal abstract partial class ProactorDispatcher
     private void PayOwedWakeup()
     {
         // Dropped by the dispatcher if it ran a pass meanwhile: it saw every item queued before the drop.
-        if (Interlocked.Exchange(ref _wakeupOwed, 0) == 1
-            && Volatile.Read(ref _sleeping) == 1
-            && Interlocked.Exchange(ref _sleeping, 0) == 1)
+        if (Interlocked.Exchange(ref _wakeupOwed, 0) == 1)
         {
-            CountWakeup();
-            Wake();
+            WakeIfSleeping();
         }
     }
 

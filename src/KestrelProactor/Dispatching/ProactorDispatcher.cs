@@ -167,20 +167,13 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
 
         // Pairs with the store-then-check in TryPrepareToSleep: either the dispatcher sees this item before it
         // sleeps, or it already published _sleeping = 1 and this thread wakes it.
-        if (Volatile.Read(ref _sleeping) == 1)
+        if (mayOweWakeup && Volatile.Read(ref _sleeping) == 1 && ShouldOweWakeup())
         {
-            if (mayOweWakeup && ShouldOweWakeup())
-            {
-                OweWakeup();
-                return;
-            }
-
-            if (Interlocked.Exchange(ref _sleeping, 0) == 1)
-            {
-                CountWakeup();
-                Wake();
-            }
+            OweWakeup();
+            return;
         }
+
+        WakeIfSleeping();
     }
 
     private void RunLoop()
