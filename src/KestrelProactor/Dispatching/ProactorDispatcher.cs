@@ -167,7 +167,12 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
 
         // Pairs with the store-then-check in TryPrepareToSleep: either the dispatcher sees this item before it
         // sleeps, or it already published _sleeping = 1 and this thread wakes it.
-        if (mayOweWakeup && Volatile.Read(ref _sleeping) == 1 && ShouldOweWakeup())
+        if (Volatile.Read(ref _sleeping) != 1)
+        {
+            return;
+        }
+
+        if (mayOweWakeup && ShouldOweWakeup())
         {
             OweWakeup();
             return;
