@@ -72,6 +72,24 @@ internal sealed unsafe partial class IoUringDispatcher : IReceiveBufferLender
     /// <summary>Tests only: runs on the dispatcher for each receive completion that brought a ring buffer, before it is handled.</summary>
     internal Action<ProactorConnection>? BufferReceivedForTests { get; set; }
 
+    /// <summary>
+    /// Tests only, while the dispatcher is held: the owners whose receive has a final completion (no
+    /// <c>IORING_CQE_F_MORE</c>) ready in the CQ, which the kernel posts meanwhile only where its own thread runs the
+    /// ring's work (<see cref="KernelCompletesWhileHeldForTests"/>).
+    /// </summary>
+    internal List<IOperationOwner> OwnersWithFinalReceiveReadyForTests() =>
+        Ring.ReadyCompletionsForTests()
+            .Where(cqe => OperationToken.KindOf(cqe.user_data) == OperationKind.Receive && (cqe.flags & IORING_CQE_F_MORE) == 0)
+            .Select(cqe => Table.Peek(cqe.user_data))
+            .OfType<IOperationOwner>()
+            .ToList();
+
+    /// <summary>
+    /// Tests only: whether the kernel posts completions while the dispatcher thread is held (a polling thread runs the
+    /// ring's task work); otherwise they are posted when the dispatcher next enters, all in one batch.
+    /// </summary>
+    internal bool KernelCompletesWhileHeldForTests => Ring.PollsSubmissions;
+
     /// <summary>For tests: receives waiting in the queue for a ring buffer (read on the dispatcher thread).</summary>
     internal int QueuedReceivesForTests => _receiveRetries.Count;
 

@@ -146,10 +146,10 @@ internal sealed unsafe partial class IoUringRing : IDisposable
     /// <summary>True when the kernel has deferred work or overflowed completions that only an enter will post.</summary>
     public bool NeedsEnter => (Volatile.Read(ref *_sqFlags) & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) != 0;
 
-    /// <summary>True while the kernel holds completions that did not fit in the CQ (NODROP keeps them for us).</summary>
     /// <summary>The SQ ring's flags as the kernel last wrote them (for diagnostics).</summary>
     public uint SqFlags => Volatile.Read(ref *_sqFlags);
 
+    /// <summary>True while the kernel holds completions that did not fit in the CQ (NODROP keeps them for us).</summary>
     public bool HasOverflowBacklog => (Volatile.Read(ref *_sqFlags) & IORING_SQ_CQ_OVERFLOW) != 0;
 
     /// <summary>
@@ -169,6 +169,23 @@ internal sealed unsafe partial class IoUringRing : IDisposable
     /// it drops one; dispatcher thread.
     /// </summary>
     internal void CountDroppedCompletionForTests() => Interlocked.Increment(ref *(int*)_cqOverflow);
+
+    /// <summary>
+    /// Tests only, while the dispatcher is held (it does not move the head meanwhile): the CQEs ready to be read, as
+    /// copies, oldest first.
+    /// </summary>
+    internal List<io_uring_cqe> ReadyCompletionsForTests()
+    {
+        uint head = Volatile.Read(ref *_cqHead);
+        uint tail = Volatile.Read(ref *_cqTail);
+        var ready = new List<io_uring_cqe>((int)(tail - head));
+        for (uint i = head; i != tail; i++)
+        {
+            ready.Add(_cqes[i & _cqMask]);
+        }
+
+        return ready;
+    }
 
     /// <summary>
     /// Creates a ring, asking for the preferred setup flags and dropping, one at a time, those the kernel

@@ -56,6 +56,16 @@ public class StarvedReceiveTests
             {
                 await RawClient.SendAllAsync(clients[i], payloads[i]);
             }
+
+            // Where a kernel thread runs the ring's work (submission polling), it does so beside the held dispatcher
+            // and issues new submissions before the task work still queued: if only connection 0's receive had ended
+            // at the release, its retries would take the buffer twice before the others' -ENOBUFS were even posted
+            // (seen as "0,0,0,1,2,3,..."). So hold until every receive has ended, as one batch shows them elsewhere.
+            if (dispatcher.KernelCompletesWhileHeldForTests)
+            {
+                await WaitUntilAsync(() => dispatcher.OwnersWithFinalReceiveReadyForTests().Intersect(connections).Count() == WaitingConnections);
+                TestContext.Current.TestOutputHelper?.WriteLine("every receive had ended at the release");
+            }
         }
 
         await WaitUntilAsync(() => served.Count(i => i >= 0) >= WaitingConnections * BuffersEach);
