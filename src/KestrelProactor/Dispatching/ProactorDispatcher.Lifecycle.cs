@@ -163,6 +163,10 @@ internal abstract partial class ProactorDispatcher
             _outputCoalescingTicks = SupportsShortWaits && delay > TimeSpan.Zero
                 ? Math.Max(1, (long)(delay.TotalSeconds * Stopwatch.Frequency))
                 : 0;
+            TimeSpan spin = Options.HandOffSpinTime;
+            _handOffSpinTicks = SpinsAfterHandOff && !Options.UnsafePreferInlineScheduling && spin > TimeSpan.Zero
+                ? Math.Max(1, (long)(spin.TotalSeconds * Stopwatch.Frequency))
+                : 0;
         }
         catch (Exception ex)
         {

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.IO.Pipelines;
 
 namespace KestrelProactor.Dispatching;
@@ -24,6 +25,8 @@ internal abstract partial class ProactorDispatcher
     private long _wakeups;
     private long _wakeupsOwed;
     private PipeScheduler? _outputScheduler;
+    private long _handOffSpinTicks;
+    private int _readersWoken;
 
     /// <summary>Tests only: replaces the check that the thread pool has other work queued, for the dispatchers it answers (non-null) for.</summary>
     internal static Func<ProactorDispatcher, bool?>? TestPoolHasQueuedWork { get; set; }
@@ -42,6 +45,18 @@ internal abstract partial class ProactorDispatcher
 
     /// <summary>Flushes that left the wake-up to a pool work item instead of waking at once (for tests).</summary>
     public long WakeupsOwed => Interlocked.Read(ref _wakeupsOwed);
+
+    /// <summary>Spins after a hand-off to the pool (see <see cref="SpinAfterHandOff"/>); dispatcher thread, read racily by tests.</summary>
+    public long HandOffSpins { get; private set; }
+
+    /// <summary>Spins that ended with work queued (a flush, usually the response), so no wake-up was needed.</summary>
+    public long HandOffSpinsCaught { get; private set; }
+
+    /// <summary>Tests only: replaces the spin time (ticks) from the options (which allow at most a millisecond) where it is on.</summary>
+    internal long? HandOffSpinTicksForTests { get; set; }
+
+    /// <summary>Whether this backend spins for the response after a hand-off to the pool (see <see cref="SpinAfterHandOff"/>).</summary>
+    protected virtual bool SpinsAfterHandOff => false;
 
     /// <summary>Whether this backend's pool-thread flushes may owe their wake-up (see the type's notes).</summary>
     protected virtual bool CoalescesPoolWakeups => false;
@@ -64,8 +79,53 @@ internal abstract partial class ProactorDispatcher
     }
 
     private bool ShouldOweWakeup()
-        => Thread.CurrentThread.IsThreadPoolThread
-           && (TestPoolHasQueuedWork?.Invoke(this) ?? System.Threading.ThreadPool.PendingWorkItemCount > Volatile.Read(ref s_owedWakeupsQueued));
+        => Thread.CurrentThread.IsThreadPoolThread && PoolHasOtherWork(ownItems: 0);
+
+    /// <summary>
+    /// Whether the thread pool has work queued beyond <paramref name="ownItems"/> items of the caller's and the owed
+    /// wake-ups (which are not work): read racily, as a hint.
+    /// </summary>
+    private bool PoolHasOtherWork(int ownItems)
+        => TestPoolHasQueuedWork?.Invoke(this)
+           ?? System.Threading.ThreadPool.PendingWorkItemCount > ownItems + Volatile.Read(ref s_owedWakeupsQueued);
+
+    /// <summary>Dispatcher thread: an input append completed a pending read, whose continuation went to the pool.</summary>
+    internal void NoteReaderWoken() => _readersWoken++;
+
+    /// <summary>
+    /// Before the dispatcher sleeps (see <see cref="ProactorTransportOptions.HandOffSpinTime"/>): after a pass that
+    /// handed exactly one request to the pool, and with nothing else queued there, polls the work queue for the
+    /// response's flush for up to the spin time. The loop stays counted as awake meanwhile, so that flush queues its
+    /// output read without a wake-up, and the next pass sends it. Kernel completions are not looked for meanwhile (with
+    /// deferred task work only an enter posts them): the spin is what they may wait, at most.
+    /// </summary>
+    private void SpinAfterHandOff()
+    {
+        int woken = _readersWoken;
+        if (woken == 0)
+        {
+            return;
+        }
+
+        _readersWoken = 0;
+        long ticks = _handOffSpinTicks == 0 ? 0 : HandOffSpinTicksForTests ?? _handOffSpinTicks;
+        if (ticks == 0 || woken != 1 || _stopRequested || _localWork.Count != 0 || !_remoteWork.IsEmpty || PoolHasOtherWork(ownItems: 1))
+        {
+            return;
+        }
+
+        HandOffSpins++;
+        long until = Stopwatch.GetTimestamp() + ticks;
+        while (_remoteWork.IsEmpty && !_stopRequested && Stopwatch.GetTimestamp() < until)
+        {
+            Thread.SpinWait(8);
+        }
+
+        if (!_remoteWork.IsEmpty)
+        {
+            HandOffSpinsCaught++;
+        }
+    }
 
     /// <summary>
     /// The dispatcher sleeps (or is about to) and the caller's item is queued: make sure a pool work item will wake it.

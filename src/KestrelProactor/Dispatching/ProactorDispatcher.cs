@@ -213,6 +213,7 @@ internal abstract partial class ProactorDispatcher : PipeScheduler
                 }
             }
 
+            SpinAfterHandOff();
             bool sleep = TryPrepareToSleep();
             // While stopping, poll instead of sleeping so the deadline above is honoured. A deferred output read
             // bounds the sleep.

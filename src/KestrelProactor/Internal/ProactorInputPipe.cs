@@ -3,6 +3,8 @@ using System.IO.Pipelines;
 using System.Runtime.ExceptionServices;
 using System.Threading.Tasks.Sources;
 
+using KestrelProactor.Dispatching;
+
 namespace KestrelProactor.Internal;
 
 /// <summary>
@@ -178,6 +180,7 @@ internal sealed partial class ProactorInputPipe : PipeReader, IValueTaskSource<R
         if (complete)
         {
             _readSource.SetResult(true);
+            (_dispatcher as ProactorDispatcher)?.NoteReaderWoken();
         }
 
         return result;
@@ -236,6 +239,7 @@ internal sealed partial class ProactorInputPipe : PipeReader, IValueTaskSource<R
         if (complete)
         {
             _readSource.SetResult(true);
+            (_dispatcher as ProactorDispatcher)?.NoteReaderWoken();
         }
 
         return result;
@@ -262,6 +266,7 @@ internal sealed partial class ProactorInputPipe : PipeReader, IValueTaskSource<R
         if (complete)
         {
             _readSource.SetResult(true);
+            (_dispatcher as ProactorDispatcher)?.NoteReaderWoken();
         }
     }
 

@@ -57,6 +57,8 @@ internal static class ProactorOptionsValidator
         yield return new(options.MaxWriteBufferSize is null or >= 0, nameof(options.MaxWriteBufferSize), options.MaxWriteBufferSize, "null, 0 (unbounded) or a positive number of bytes");
         yield return new(options.OutputCoalescingDelay >= TimeSpan.Zero && options.OutputCoalescingDelay <= TimeSpan.FromMilliseconds(1),
             nameof(options.OutputCoalescingDelay), options.OutputCoalescingDelay, "0 (off) to 1 millisecond");
+        yield return new(options.HandOffSpinTime >= TimeSpan.Zero && options.HandOffSpinTime <= TimeSpan.FromMilliseconds(1),
+            nameof(options.HandOffSpinTime), options.HandOffSpinTime, "0 (off) to 1 millisecond");
         TimeSpan idle = options.SubmissionQueuePollingIdle;
         yield return new(idle >= TimeSpan.FromMilliseconds(1) && idle <= TimeSpan.FromSeconds(10) && idle.Ticks % TimeSpan.TicksPerMillisecond == 0,
             nameof(options.SubmissionQueuePollingIdle), idle, "1 millisecond to 10 seconds, in whole milliseconds");

@@ -76,6 +76,9 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
 
     protected override bool CoalescesPoolWakeups => true;
 
+    /// <inheritdoc />
+    protected override bool SpinsAfterHandOff => true;
+
     protected override void PollCompletions(bool wait, long waitNanoseconds)
     {
         IoUringRing ring = _ring!;

@@ -62,6 +62,7 @@ public sealed class ConfigurationBindingTests
             "--Kestrel:Proactor:MaxReadBufferSize=65536",
             "--Kestrel:Proactor:MaxWriteBufferSize=",
             "--Kestrel:Proactor:OutputCoalescingDelay=00:00:00.0002",
+            "--Kestrel:Proactor:HandOffSpinTime=00:00:00.0001",
             "--Kestrel:Proactor:SubmissionQueuePolling=true",
             "--Kestrel:Proactor:SubmissionQueuePollingIdle=00:00:00.005",
             "--Kestrel:Proactor:DispatcherAffinity=true",
@@ -81,6 +82,7 @@ public sealed class ConfigurationBindingTests
         Assert.Equal(65536, options.MaxReadBufferSize);
         Assert.Null(options.MaxWriteBufferSize);
         Assert.Equal(TimeSpan.FromMicroseconds(200), options.OutputCoalescingDelay);
+        Assert.Equal(TimeSpan.FromMicroseconds(100), options.HandOffSpinTime);
         Assert.True(options.SubmissionQueuePolling);
         Assert.Equal(TimeSpan.FromMilliseconds(5), options.SubmissionQueuePollingIdle);
         Assert.True(options.DispatcherAffinity);
@@ -99,6 +101,7 @@ public sealed class ConfigurationBindingTests
     [InlineData("Backlog", "0", "ProactorTransportOptions.Backlog is 0; allowed: 1 or more.")]
     [InlineData("ZeroCopySendThreshold", "-1", "ProactorTransportOptions.ZeroCopySendThreshold is -1; allowed: 0 (off), or a positive number of bytes.")]
     [InlineData("OutputCoalescingDelay", "00:00:00.01", "ProactorTransportOptions.OutputCoalescingDelay is 00:00:00.0100000; allowed: 0 (off) to 1 millisecond.")]
+    [InlineData("HandOffSpinTime", "00:00:00.002", "ProactorTransportOptions.HandOffSpinTime is 00:00:00.0020000; allowed: 0 (off) to 1 millisecond.")]
     [InlineData("SubmissionQueuePollingIdle", "00:00:00.0005", "ProactorTransportOptions.SubmissionQueuePollingIdle is 00:00:00.0005000; allowed: 1 millisecond to 10 seconds, in whole milliseconds.")]
     [InlineData("SubmissionQueuePollingIdle", "00:00:11", "ProactorTransportOptions.SubmissionQueuePollingIdle is 00:00:11; allowed: 1 millisecond to 10 seconds, in whole milliseconds.")]
     public async Task Start_WithOptionOutOfRange_FailsNamingOptionAndAllowedValues(string option, string value, string expected)

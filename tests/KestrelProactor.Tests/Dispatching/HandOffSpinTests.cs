@@ -1,0 +1,168 @@
+using System.Diagnostics;
+using System.IO.Pipelines;
+using System.Net.Sockets;
+using KestrelProactor.Dispatching;
+using KestrelProactor.Internal;
+using KestrelProactor.Tests.Contract;
+using KestrelProactor.Tests.Infrastructure;
+using Microsoft.AspNetCore.Connections;
+
+namespace KestrelProactor.Tests.Dispatching;
+
+/// <summary>
+/// After a pass that handed one request to an idle thread pool, the dispatcher looks for the response for
+/// <see cref="ProactorTransportOptions.HandOffSpinTime"/> before it sleeps, so the response's flush needs no wake-up
+/// (ProactorDispatcher.Wakeups.cs). The spin is stretched here to the default time-out, so that whether the flush is
+/// caught does not depend on how fast the pool runs the reader; the pool hook answers only for the test's dispatcher.
+/// </summary>
+[Collection(DispatcherHookCollection.Name)]
+public sealed class HandOffSpinTests
+{
+    [Fact]
+    public async Task AResponseFlushedWhileTheDispatcherSpins_GoesOutWithoutAWakeup()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
+        await using Exchange exchange = await Exchange.StartAsync(TransportKind.Proactor, poolBusy: false);
+
+        // Act: the reader, woken on a pool thread, flushes its reply once the dispatcher has begun to spin.
+        await exchange.RunAsync(waitForSpin: true);
+
+        // Assert: one spin, which caught the flush; no wake-up was sent.
+        Assert.Equal(exchange.SpinsBefore + 1, exchange.Dispatcher.HandOffSpins);
+        Assert.Equal(exchange.CaughtBefore + 1, exchange.Dispatcher.HandOffSpinsCaught);
+        Assert.Equal(exchange.WakeupsBefore, exchange.Dispatcher.Wakeups);
+    }
+
+    [Fact]
+    public async Task WithOtherWorkQueuedOnThePool_TheDispatcherSleepsAtOnce()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
+        await using Exchange exchange = await Exchange.StartAsync(TransportKind.Proactor, poolBusy: true);
+
+        // Act: the same exchange while the pool counts as busy (the reply's flush owes its wake-up to the real pool).
+        await exchange.RunAsync(waitForSpin: false);
+
+        // Assert: the core was left to the pool's work.
+        Assert.Equal(exchange.SpinsBefore, exchange.Dispatcher.HandOffSpins);
+    }
+
+    [Fact]
+    public async Task InInlineMode_TheDispatcherNeverSpins()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
+        await using Exchange exchange = await Exchange.StartAsync(TransportKind.ProactorInline, poolBusy: false);
+
+        // Act: the reader runs on the dispatcher itself, so no response is waited for on another thread.
+        await exchange.RunAsync(waitForSpin: false);
+
+        // Assert
+        Assert.Equal(0, exchange.Dispatcher.HandOffSpins);
+    }
+
+    [Fact]
+    public async Task WithTheSpinTimeZero_TheDispatcherNeverSpins()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
+        await using Exchange exchange = await Exchange.StartAsync(TransportKind.Proactor, poolBusy: false, spinTime: TimeSpan.Zero);
+
+        // Act
+        await exchange.RunAsync(waitForSpin: false);
+
+        // Assert: the option turns it off.
+        Assert.Equal(0, exchange.Dispatcher.HandOffSpins);
+    }
+
+    /// <summary>
+    /// One connection on one dispatcher, whose reader waits for a request and answers it: "q" in, "r" out. The spin
+    /// is as long as the default time-out (where the options allow it at all).
+    /// </summary>
+    private sealed class Exchange : IAsyncDisposable
+    {
+        private ListenerHarness _harness = null!;
+
+        public Socket Client { get; private set; } = null!;
+
+        public ConnectionContext Connection { get; private set; } = null!;
+
+        public ProactorDispatcher Dispatcher { get; private set; } = null!;
+
+        public long SpinsBefore { get; private set; }
+
+        public long CaughtBefore { get; private set; }
+
+        public long WakeupsBefore { get; private set; }
+
+        public static async Task<Exchange> StartAsync(TransportKind kind, bool poolBusy, TimeSpan? spinTime = null)
+        {
+            var exchange = new Exchange
+            {
+                _harness = await ListenerHarness.BindAsync(kind, configure: o =>
+                {
+                    o.DispatcherCount = 1;
+                    o.OutputCoalescingDelay = TimeSpan.Zero;
+                    o.HandOffSpinTime = spinTime ?? TimeSpan.FromMicroseconds(50);
+                }),
+            };
+            try
+            {
+                (exchange.Client, exchange.Connection) = await exchange._harness.ConnectAndAcceptAsync();
+                exchange.Dispatcher = ((ProactorConnection)exchange.Connection).Dispatcher;
+                exchange.Dispatcher.HandOffSpinTicksForTests = (long)(TestTimeouts.Default.TotalSeconds * Stopwatch.Frequency);
+                ProactorDispatcher dispatcher = exchange.Dispatcher;
+                ProactorDispatcher.TestPoolHasQueuedWork = d => ReferenceEquals(d, dispatcher) ? poolBusy : null;
+                return exchange;
+            }
+            catch
+            {
+                await exchange.DisposeAsync();
+                throw;
+            }
+        }
+
+        /// <summary>
+        /// Starts the read before the request comes, so the request's receive completes it (and wakes the reader on
+        /// the pool, or inline); answers it, and waits for the answer at the client.
+        /// </summary>
+        public async Task RunAsync(bool waitForSpin)
+        {
+            using var timeout = new CancellationTokenSource(TestTimeouts.Default);
+            PipeReader input = Connection.Transport.Input;
+            ValueTask<ReadResult> read = input.ReadAsync(timeout.Token);
+            Assert.False(read.IsCompleted, "the request was read before it was sent");
+            await WaitUntilSleepingAsync(Dispatcher, timeout.Token);
+            SpinsBefore = Dispatcher.HandOffSpins;
+            CaughtBefore = Dispatcher.HandOffSpinsCaught;
+            WakeupsBefore = Dispatcher.Wakeups;
+
+            await RawClient.SendAllAsync(Client, "q"u8.ToArray());
+            ReadResult result = await read.AsTask().DefaultTimeout();
+            Assert.Equal("q"u8.ToArray(), System.Buffers.BuffersExtensions.ToArray(result.Buffer));
+            input.AdvanceTo(result.Buffer.End);
+            while (waitForSpin && Dispatcher.HandOffSpins == SpinsBefore)
+            {
+                // The spin lasts the default time-out: the flush below lands in it, however late the pool ran this.
+                await Task.Delay(1, timeout.Token);
+            }
+
+            await Connection.Transport.Output.WriteAsync("r"u8.ToArray(), timeout.Token);
+            Assert.Equal("r"u8.ToArray(), await RawClient.ReceiveExactlyAsync(Client, 1).DefaultTimeout());
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            ProactorDispatcher.TestPoolHasQueuedWork = null;
+            await _harness.DisposeAsync();
+        }
+
+        private static async Task WaitUntilSleepingAsync(ProactorDispatcher dispatcher, CancellationToken cancellationToken)
+        {
+            while (!dispatcher.IsSleepingForTests)
+            {
+                await Task.Delay(5, cancellationToken);
+            }
+
+            // Asleep in the kernel, not only about to be: the flag is set just before the enter.
+            await Task.Delay(20, cancellationToken);
+        }
+    }
+}
