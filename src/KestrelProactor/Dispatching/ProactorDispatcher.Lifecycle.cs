@@ -165,7 +165,7 @@ internal abstract partial class ProactorDispatcher
                 : 0;
             TimeSpan spin = Options.HandOffSpinTime;
             _handOffSpinTicks = SpinsAfterHandOff && !Options.UnsafePreferInlineScheduling && spin > TimeSpan.Zero
-                ? Math.Max(1, (long)(spin.TotalSeconds * Stopwatch.Frequency))
+                ? Math.Max(1, spin.Ticks * Stopwatch.Frequency / TimeSpan.TicksPerSecond)
                 : 0;
         }
         catch (Exception ex)

@@ -27,6 +27,12 @@ internal abstract partial class ProactorDispatcher
     private PipeScheduler? _outputScheduler;
     private long _handOffSpinTicks;
     private int _readersWoken;
+    private long _handOffSpinTicksForTests;
+    private static int s_spinningDispatchers;
+    private static readonly int s_maxSpinningDispatchers = Environment.ProcessorCount - 1;
+    private int _handOffSpinBackoff;
+    private int _handOffSpinsToSkip;
+    private const int MaxHandOffSpinBackoff = 63;
 
     /// <summary>Tests only: replaces the check that the thread pool has other work queued, for the dispatchers it answers (non-null) for.</summary>
     internal static Func<ProactorDispatcher, bool?>? TestPoolHasQueuedWork { get; set; }
@@ -52,8 +58,24 @@ internal abstract partial class ProactorDispatcher
     /// <summary>Spins that ended with work queued (a flush, usually the response), so no wake-up was needed.</summary>
     public long HandOffSpinsCaught { get; private set; }
 
-    /// <summary>Tests only: replaces the spin time (ticks) from the options (which allow at most a millisecond) where it is on.</summary>
-    internal long? HandOffSpinTicksForTests { get; set; }
+    /// <summary>Chances to spin passed over because recent spins ended without the response (backing off).</summary>
+    public long HandOffSpinsSkipped { get; private set; }
+
+    /// <summary>Tests only: replaces the spin time (ticks) from the options (which allow at most a millisecond) where it is on; 0: no override.</summary>
+    internal long HandOffSpinTicksForTests
+    {
+        get => Volatile.Read(ref _handOffSpinTicksForTests);
+        set => Volatile.Write(ref _handOffSpinTicksForTests, value);
+    }
+
+    /// <summary>Tests only: the spin time the options gave this dispatcher, in ticks (0: it never spins).</summary>
+    internal long HandOffSpinTicks => _handOffSpinTicks;
+
+    /// <summary>
+    /// Whether the backend holds kernel work that only its next enter sends or posts (prepared submissions,
+    /// completions ready or held back, a starved receive's retry a buffer is there for); a spin would delay it.
+    /// </summary>
+    protected virtual bool HasKernelWorkPending => false;
 
     /// <summary>Whether this backend spins for the response after a hand-off to the pool (see <see cref="SpinAfterHandOff"/>).</summary>
     protected virtual bool SpinsAfterHandOff => false;
@@ -89,7 +111,10 @@ internal abstract partial class ProactorDispatcher
         => TestPoolHasQueuedWork?.Invoke(this)
            ?? System.Threading.ThreadPool.PendingWorkItemCount > ownItems + Volatile.Read(ref s_owedWakeupsQueued);
 
-    /// <summary>Dispatcher thread: an input append completed a pending read, whose continuation went to the pool.</summary>
+    /// <summary>
+    /// Dispatcher thread (or any thread once the loop is over, when nothing reads the count): an input append completed
+    /// a pending read whose continuation went to the pool.
+    /// </summary>
     internal void NoteReaderWoken() => _readersWoken++;
 
     /// <summary>
@@ -97,7 +122,8 @@ internal abstract partial class ProactorDispatcher
     /// handed exactly one request to the pool, and with nothing else queued there, polls the work queue for the
     /// response's flush for up to the spin time. The loop stays counted as awake meanwhile, so that flush queues its
     /// output read without a wake-up, and the next pass sends it. Kernel completions are not looked for meanwhile (with
-    /// deferred task work only an enter posts them): the spin is what they may wait, at most.
+    /// deferred task work only an enter posts them): the spin is what they may wait, at most. A spin that ends without
+    /// the response makes the next ones back off.
     /// </summary>
     private void SpinAfterHandOff()
     {
@@ -108,22 +134,56 @@ internal abstract partial class ProactorDispatcher
         }
 
         _readersWoken = 0;
-        long ticks = _handOffSpinTicks == 0 ? 0 : HandOffSpinTicksForTests ?? _handOffSpinTicks;
-        if (ticks == 0 || woken != 1 || _stopRequested || _localWork.Count != 0 || !_remoteWork.IsEmpty || PoolHasOtherWork(ownItems: 1))
+        long ticks = _handOffSpinTicks == 0 ? 0 : Volatile.Read(ref _handOffSpinTicksForTests) is long t and not 0 ? t : _handOffSpinTicks;
+        if (ticks == 0 || woken != 1 || _stopRequested || _localWork.Count != 0 || !_remoteWork.IsEmpty || HasKernelWorkPending
+            || PoolHasOtherWork(ownItems: 1))
         {
+            // Kernel work prepared in this pass (a re-armed receive, the rest of a short send, a retry a buffer is
+            // there for) goes out with the next enter, which a spin would hold back.
+            return;
+        }
+
+        if (_handOffSpinsToSkip != 0)
+        {
+            _handOffSpinsToSkip--;
+            HandOffSpinsSkipped++;
+            return;
+        }
+
+        if (Interlocked.Increment(ref s_spinningDispatchers) > s_maxSpinningDispatchers)
+        {
+            // As many dispatchers spinning as cores but one: the threads that would answer need the rest.
+            Interlocked.Decrement(ref s_spinningDispatchers);
             return;
         }
 
         HandOffSpins++;
         long until = Stopwatch.GetTimestamp() + ticks;
+        if (_deferredOutputReads.Count != 0)
+        {
+            until = Math.Min(until, _deferredOutputReads.Peek().Due);
+        }
+
+        var spinner = default(SpinWait);
         while (_remoteWork.IsEmpty && !_stopRequested && Stopwatch.GetTimestamp() < until)
         {
-            Thread.SpinWait(8);
+            // Spins, then yields now and then to a thread waiting for this core (never sleeps).
+            spinner.SpinOnce(sleep1Threshold: -1);
         }
+
+        Interlocked.Decrement(ref s_spinningDispatchers);
 
         if (!_remoteWork.IsEmpty)
         {
             HandOffSpinsCaught++;
+            _handOffSpinBackoff = 0;
+        }
+        else
+        {
+            // Responses that take longer than the spin (a handler that waits on a back end): skip the next 1, 3, 7 ...
+            // up to 63 chances, so such a load pays for one spin in 64 hand-offs at most; a caught one starts over.
+            _handOffSpinBackoff = Math.Min(_handOffSpinBackoff * 2 + 1, MaxHandOffSpinBackoff);
+            _handOffSpinsToSkip = _handOffSpinBackoff;
         }
     }
 

@@ -180,7 +180,11 @@ internal sealed partial class ProactorInputPipe : PipeReader, IValueTaskSource<R
         if (complete)
         {
             _readSource.SetResult(true);
-            (_dispatcher as ProactorDispatcher)?.NoteReaderWoken();
+            if (_readSource.RunContinuationsAsynchronously)
+            {
+                // The reader's continuation went to the pool: its dispatcher may look for the response (HandOffSpinTime).
+                (_dispatcher as ProactorDispatcher)?.NoteReaderWoken();
+            }
         }
 
         return result;
@@ -239,7 +243,11 @@ internal sealed partial class ProactorInputPipe : PipeReader, IValueTaskSource<R
         if (complete)
         {
             _readSource.SetResult(true);
-            (_dispatcher as ProactorDispatcher)?.NoteReaderWoken();
+            if (_readSource.RunContinuationsAsynchronously)
+            {
+                // The reader's continuation went to the pool: its dispatcher may look for the response (HandOffSpinTime).
+                (_dispatcher as ProactorDispatcher)?.NoteReaderWoken();
+            }
         }
 
         return result;
@@ -266,7 +274,11 @@ internal sealed partial class ProactorInputPipe : PipeReader, IValueTaskSource<R
         if (complete)
         {
             _readSource.SetResult(true);
-            (_dispatcher as ProactorDispatcher)?.NoteReaderWoken();
+            if (_readSource.RunContinuationsAsynchronously)
+            {
+                // The reader's continuation went to the pool: its dispatcher may look for the response (HandOffSpinTime).
+                (_dispatcher as ProactorDispatcher)?.NoteReaderWoken();
+            }
         }
     }
 

@@ -79,6 +79,12 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
     /// <inheritdoc />
     protected override bool SpinsAfterHandOff => true;
 
+    /// <inheritdoc />
+    protected override bool HasKernelWorkPending
+        => _ring is { } ring
+           && (ring.PendingSubmissions != 0 || ring.NeedsEnter || ring.ReadyCompletions != 0
+               || (_bufferRing is not null && _receiveRetries.Count != 0 && _bufferRing.Available > 0));
+
     protected override void PollCompletions(bool wait, long waitNanoseconds)
     {
         IoUringRing ring = _ring!;

@@ -34,6 +34,33 @@ public sealed class HandOffSpinTests
     }
 
     [Fact]
+    public async Task ASpinThatEndsWithoutTheResponse_MakesTheNextChanceBeSkipped_AndACaughtOneStartsOver()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
+        await using Exchange exchange = await Exchange.StartAsync(TransportKind.Proactor, poolBusy: false);
+        exchange.Dispatcher.HandOffSpinTicksForTests = Stopwatch.Frequency / 50; // 20 ms
+
+        // Act 1: the reply comes well after the spin is over (a handler waiting on a back end).
+        await exchange.RunAsync(waitForSpin: true, delayAfterSpin: TimeSpan.FromMilliseconds(500));
+        Assert.Equal(exchange.SpinsBefore + 1, exchange.Dispatcher.HandOffSpins);
+        Assert.Equal(exchange.CaughtBefore, exchange.Dispatcher.HandOffSpinsCaught);
+
+        // Act 2: the next hand-off does not spin at all.
+        long skipped = exchange.Dispatcher.HandOffSpinsSkipped;
+        await exchange.RunAsync(waitForSpin: false);
+        Assert.Equal(exchange.SpinsBefore, exchange.Dispatcher.HandOffSpins);
+        Assert.Equal(skipped + 1, exchange.Dispatcher.HandOffSpinsSkipped);
+
+        // Act 3: the one after it spins again, and catching the reply ends the back-off (act 4 spins at once).
+        exchange.Dispatcher.HandOffSpinTicksForTests = (long)(TestTimeouts.Default.TotalSeconds * Stopwatch.Frequency);
+        await exchange.RunAsync(waitForSpin: true);
+        Assert.Equal(exchange.CaughtBefore + 1, exchange.Dispatcher.HandOffSpinsCaught);
+        await exchange.RunAsync(waitForSpin: true);
+        Assert.Equal(exchange.CaughtBefore + 1, exchange.Dispatcher.HandOffSpinsCaught);
+        Assert.Equal(skipped + 1, exchange.Dispatcher.HandOffSpinsSkipped);
+    }
+
+    [Fact]
     public async Task WithOtherWorkQueuedOnThePool_TheDispatcherSleepsAtOnce()
     {
         Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
@@ -44,6 +71,57 @@ public sealed class HandOffSpinTests
 
         // Assert: the core was left to the pool's work.
         Assert.Equal(exchange.SpinsBefore, exchange.Dispatcher.HandOffSpins);
+    }
+
+    [Fact]
+    public async Task WithKernelWorkPreparedInThePass_TheDispatcherDoesNotHoldItBackToSpin()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
+        // Single-shot receives: the request's completion re-arms the receive in the same pass that hands it off, and
+        // that submission waits for the next enter.
+        await using Exchange exchange = await Exchange.StartAsync(TransportKind.ProactorSingleShot, poolBusy: false);
+
+        // Act
+        await exchange.RunAsync(waitForSpin: false);
+
+        // Assert: no spin held the re-armed receive back.
+        Assert.Equal(exchange.SpinsBefore, exchange.Dispatcher.HandOffSpins);
+    }
+
+    [Fact]
+    public async Task AStopDuringASpin_EndsItAtOnce()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
+        Exchange exchange = await Exchange.StartAsync(TransportKind.Proactor, poolBusy: false);
+        try
+        {
+            // Arrange: a request handed off, and the dispatcher spinning for a reply that never comes (the spin is
+            // stretched to the default time-out).
+            Task spun = exchange.RunAsync(waitForSpin: true, reply: false);
+            await spun.DefaultTimeout();
+            Assert.Equal(exchange.SpinsBefore + 1, exchange.Dispatcher.HandOffSpins);
+        }
+        finally
+        {
+            // Act: the host stops meanwhile.
+            var stopping = Stopwatch.StartNew();
+            await exchange.DisposeAsync().AsTask().DefaultTimeout();
+
+            // Assert: well within the stretched spin.
+            Assert.True(stopping.Elapsed < TestTimeouts.Default / 3, $"the stop took {stopping.Elapsed}");
+        }
+    }
+
+    [Theory]
+    [InlineData(50)]
+    [InlineData(1000)]
+    public async Task TheSpinTimeFromTheOptions_IsWhatTheDispatcherSpins(int microseconds)
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
+        await using Exchange exchange = await Exchange.StartAsync(TransportKind.Proactor, poolBusy: false, spinTime: TimeSpan.FromMicroseconds(microseconds));
+
+        // Assert: the dispatcher's own spin time (the other tests stretch it), in timestamp ticks.
+        Assert.Equal(microseconds * Stopwatch.Frequency / 1_000_000, exchange.Dispatcher.HandOffSpinTicks);
     }
 
     [Fact]
@@ -123,7 +201,7 @@ public sealed class HandOffSpinTests
         /// Starts the read before the request comes, so the request's receive completes it (and wakes the reader on
         /// the pool, or inline); answers it, and waits for the answer at the client.
         /// </summary>
-        public async Task RunAsync(bool waitForSpin)
+        public async Task RunAsync(bool waitForSpin, TimeSpan delayAfterSpin = default, bool reply = true)
         {
             using var timeout = new CancellationTokenSource(TestTimeouts.Default);
             PipeReader input = Connection.Transport.Input;
@@ -143,6 +221,13 @@ public sealed class HandOffSpinTests
                 // The spin lasts the default time-out: the flush below lands in it, however late the pool ran this.
                 await Task.Delay(1, timeout.Token);
             }
+
+            await Task.Delay(delayAfterSpin, timeout.Token);
+            if (!reply)
+            {
+                return;
+            }
+
 
             await Connection.Transport.Output.WriteAsync("r"u8.ToArray(), timeout.Token);
             Assert.Equal("r"u8.ToArray(), await RawClient.ReceiveExactlyAsync(Client, 1).DefaultTimeout());
