@@ -30,6 +30,7 @@ internal abstract partial class ProactorDispatcher
     private long _handOffSpinTicksForTests;
     private static int s_spinningDispatchers;
     private static readonly int s_maxSpinningDispatchers = Environment.ProcessorCount - 1;
+    private static readonly long s_busySpinTicks = Stopwatch.Frequency / 20_000; // 50 µs
     private int _handOffSpinBackoff;
     private int _handOffSpinsToSkip;
     private const int MaxHandOffSpinBackoff = 63;
@@ -61,6 +62,12 @@ internal abstract partial class ProactorDispatcher
     /// <summary>Chances to spin passed over because recent spins ended without the response (backing off).</summary>
     public long HandOffSpinsSkipped { get; private set; }
 
+    /// <summary>Chances to spin declined because kernel work was waiting for the next enter.</summary>
+    public long HandOffSpinsDeclinedForKernelWork { get; private set; }
+
+    /// <summary>Chances to spin refused because as many dispatchers as cores but one were spinning.</summary>
+    public long HandOffSpinsRefusedByCap { get; private set; }
+
     /// <summary>Tests only: replaces the spin time (ticks) from the options (which allow at most a millisecond) where it is on; 0: no override.</summary>
     internal long HandOffSpinTicksForTests
     {
@@ -73,7 +80,7 @@ internal abstract partial class ProactorDispatcher
 
     /// <summary>
     /// Whether the backend holds kernel work that only its next enter sends or posts (prepared submissions,
-    /// completions ready or held back, a starved receive's retry a buffer is there for); a spin would delay it.
+    /// completions ready or held back, task work to run, a starved receive waiting for a buffer); a spin would delay it.
     /// </summary>
     protected virtual bool HasKernelWorkPending => false;
 
@@ -134,12 +141,18 @@ internal abstract partial class ProactorDispatcher
         }
 
         _readersWoken = 0;
-        long ticks = _handOffSpinTicks == 0 ? 0 : Volatile.Read(ref _handOffSpinTicksForTests) is long t and not 0 ? t : _handOffSpinTicks;
-        if (ticks == 0 || woken != 1 || _stopRequested || _localWork.Count != 0 || !_remoteWork.IsEmpty || HasKernelWorkPending
-            || PoolHasOtherWork(ownItems: 1))
+        long overrideTicks = Volatile.Read(ref _handOffSpinTicksForTests);
+        long ticks = _handOffSpinTicks == 0 ? 0 : overrideTicks != 0 ? overrideTicks : _handOffSpinTicks;
+        if (ticks == 0 || woken != 1 || _stopRequested || _localWork.Count != 0 || !_remoteWork.IsEmpty || PoolHasOtherWork(ownItems: 1))
         {
-            // Kernel work prepared in this pass (a re-armed receive, the rest of a short send, a retry a buffer is
-            // there for) goes out with the next enter, which a spin would hold back.
+            return;
+        }
+
+        if (HasKernelWorkPending)
+        {
+            // Kernel work prepared in this pass (a re-armed receive, the rest of a short send, a starved receive's
+            // retry) goes out with the next enter, which a spin would hold back.
+            HandOffSpinsDeclinedForKernelWork++;
             return;
         }
 
@@ -150,38 +163,69 @@ internal abstract partial class ProactorDispatcher
             return;
         }
 
-        if (Interlocked.Increment(ref s_spinningDispatchers) > s_maxSpinningDispatchers)
+        // As many dispatchers spinning as cores but one: the threads that would answer need the rest. (A test that
+        // stretches this dispatcher's spin owns it, and is not refused because another test's dispatcher spins.)
+        bool counted = overrideTicks == 0;
+        if (counted && Interlocked.Increment(ref s_spinningDispatchers) > s_maxSpinningDispatchers)
         {
-            // As many dispatchers spinning as cores but one: the threads that would answer need the rest.
             Interlocked.Decrement(ref s_spinningDispatchers);
+            HandOffSpinsRefusedByCap++;
             return;
         }
 
         HandOffSpins++;
-        long until = Stopwatch.GetTimestamp() + ticks;
+        long start = Stopwatch.GetTimestamp();
+        long until = start + ticks;
         if (_deferredOutputReads.Count != 0)
         {
             until = Math.Min(until, _deferredOutputReads.Peek().Due);
         }
 
-        var spinner = default(SpinWait);
-        while (_remoteWork.IsEmpty && !_stopRequested && Stopwatch.GetTimestamp() < until)
+        bool interrupted = false;
+        try
         {
-            // Spins, then yields now and then to a thread waiting for this core (never sleeps).
-            spinner.SpinOnce(sleep1Threshold: -1);
-        }
+            long now = start;
+            while (_remoteWork.IsEmpty && now < until)
+            {
+                if (_stopRequested || HasKernelWorkPending)
+                {
+                    // A stop, or the kernel's own work (completions posted, task work to run): the next pass takes it.
+                    interrupted = true;
+                    break;
+                }
 
-        Interlocked.Decrement(ref s_spinningDispatchers);
+                // Busy for the first spin's worth; past it (only a test's stretched spin), yield now and then to a
+                // thread waiting for this core.
+                if (now - start < s_busySpinTicks)
+                {
+                    Thread.SpinWait(8);
+                }
+                else
+                {
+                    Thread.Yield();
+                }
+
+                now = Stopwatch.GetTimestamp();
+            }
+        }
+        finally
+        {
+            if (counted)
+            {
+                Interlocked.Decrement(ref s_spinningDispatchers);
+            }
+        }
 
         if (!_remoteWork.IsEmpty)
         {
             HandOffSpinsCaught++;
             _handOffSpinBackoff = 0;
         }
-        else
+        else if (!interrupted && until == start + ticks)
         {
-            // Responses that take longer than the spin (a handler that waits on a back end): skip the next 1, 3, 7 ...
-            // up to 63 chances, so such a load pays for one spin in 64 hand-offs at most; a caught one starts over.
+            // The whole spin without the response (a handler that waits on a back end): skip the next 1, 3, 7 ... up
+            // to 63 chances, so such a load pays for one spin in 64 hand-offs at most; a caught one starts over. A
+            // spin cut short (a stop, kernel work, a deferred output read due) says nothing either way.
             _handOffSpinBackoff = Math.Min(_handOffSpinBackoff * 2 + 1, MaxHandOffSpinBackoff);
             _handOffSpinsToSkip = _handOffSpinBackoff;
         }

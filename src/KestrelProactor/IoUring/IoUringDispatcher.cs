@@ -83,7 +83,7 @@ internal sealed unsafe partial class IoUringDispatcher : ProactorDispatcher
     protected override bool HasKernelWorkPending
         => _ring is { } ring
            && (ring.PendingSubmissions != 0 || ring.NeedsEnter || ring.ReadyCompletions != 0
-               || (_bufferRing is not null && _receiveRetries.Count != 0 && _bufferRing.Available > 0));
+               || _receiveRetries.Count != 0);
 
     protected override void PollCompletions(bool wait, long waitNanoseconds)
     {

@@ -25,7 +25,7 @@ public sealed class HandOffSpinTests
         await using Exchange exchange = await Exchange.StartAsync(TransportKind.Proactor, poolBusy: false);
 
         // Act: the reader, woken on a pool thread, flushes its reply once the dispatcher has begun to spin.
-        await exchange.RunAsync(waitForSpin: true);
+        await exchange.RunAsync(wait: Wait.ForSpin);
 
         // Assert: one spin, which caught the flush; no wake-up was sent.
         Assert.Equal(exchange.SpinsBefore + 1, exchange.Dispatcher.HandOffSpins);
@@ -38,26 +38,30 @@ public sealed class HandOffSpinTests
     {
         Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
         await using Exchange exchange = await Exchange.StartAsync(TransportKind.Proactor, poolBusy: false);
-        exchange.Dispatcher.HandOffSpinTicksForTests = Stopwatch.Frequency / 50; // 20 ms
+        ProactorDispatcher dispatcher = exchange.Dispatcher;
+        long skipped = dispatcher.HandOffSpinsSkipped;
 
-        // Act 1: the reply comes well after the spin is over (a handler waiting on a back end).
-        await exchange.RunAsync(waitForSpin: true, delayAfterSpin: TimeSpan.FromMilliseconds(500));
-        Assert.Equal(exchange.SpinsBefore + 1, exchange.Dispatcher.HandOffSpins);
-        Assert.Equal(exchange.CaughtBefore, exchange.Dispatcher.HandOffSpinsCaught);
+        // Act 1: a 20 ms spin, and the reply well after it (a handler waiting on a back end): a miss.
+        await exchange.MissAsync();
+        Assert.Equal(exchange.CaughtBefore, dispatcher.HandOffSpinsCaught);
 
-        // Act 2: the next hand-off does not spin at all.
-        long skipped = exchange.Dispatcher.HandOffSpinsSkipped;
-        await exchange.RunAsync(waitForSpin: false);
-        Assert.Equal(exchange.SpinsBefore, exchange.Dispatcher.HandOffSpins);
-        Assert.Equal(skipped + 1, exchange.Dispatcher.HandOffSpinsSkipped);
+        // Act 2: the next hand-off does not spin (one chance skipped).
+        await exchange.RunAsync(wait: Wait.ForSkip);
+        Assert.Equal(exchange.SpinsBefore, dispatcher.HandOffSpins);
+        Assert.Equal(skipped + 1, dispatcher.HandOffSpinsSkipped);
 
-        // Act 3: the one after it spins again, and catching the reply ends the back-off (act 4 spins at once).
-        exchange.Dispatcher.HandOffSpinTicksForTests = (long)(TestTimeouts.Default.TotalSeconds * Stopwatch.Frequency);
-        await exchange.RunAsync(waitForSpin: true);
-        Assert.Equal(exchange.CaughtBefore + 1, exchange.Dispatcher.HandOffSpinsCaught);
-        await exchange.RunAsync(waitForSpin: true);
-        Assert.Equal(exchange.CaughtBefore + 1, exchange.Dispatcher.HandOffSpinsCaught);
-        Assert.Equal(skipped + 1, exchange.Dispatcher.HandOffSpinsSkipped);
+        // Act 3: the one after it spins again, and catches the reply.
+        await exchange.RunAsync(wait: Wait.ForSpin);
+        Assert.Equal(exchange.CaughtBefore + 1, dispatcher.HandOffSpinsCaught);
+
+        // Act 4: the catch started the back-off over: after another miss, one chance is skipped (not three) and the
+        // next one spins.
+        await exchange.MissAsync();
+        await exchange.RunAsync(wait: Wait.ForSkip);
+        Assert.Equal(skipped + 2, dispatcher.HandOffSpinsSkipped);
+        await exchange.RunAsync(wait: Wait.ForSpin);
+        Assert.Equal(exchange.CaughtBefore + 1, dispatcher.HandOffSpinsCaught);
+        Assert.Equal(skipped + 2, dispatcher.HandOffSpinsSkipped);
     }
 
     [Fact]
@@ -67,7 +71,7 @@ public sealed class HandOffSpinTests
         await using Exchange exchange = await Exchange.StartAsync(TransportKind.Proactor, poolBusy: true);
 
         // Act: the same exchange while the pool counts as busy (the reply's flush owes its wake-up to the real pool).
-        await exchange.RunAsync(waitForSpin: false);
+        await exchange.RunAsync();
 
         // Assert: the core was left to the pool's work.
         Assert.Equal(exchange.SpinsBefore, exchange.Dispatcher.HandOffSpins);
@@ -82,34 +86,36 @@ public sealed class HandOffSpinTests
         await using Exchange exchange = await Exchange.StartAsync(TransportKind.ProactorSingleShot, poolBusy: false);
 
         // Act
-        await exchange.RunAsync(waitForSpin: false);
+        long declined = exchange.Dispatcher.HandOffSpinsDeclinedForKernelWork;
+        await exchange.RunAsync(wait: Wait.ForDecline);
 
         // Assert: no spin held the re-armed receive back.
         Assert.Equal(exchange.SpinsBefore, exchange.Dispatcher.HandOffSpins);
+        Assert.Equal(declined + 1, exchange.Dispatcher.HandOffSpinsDeclinedForKernelWork);
     }
 
     [Fact]
     public async Task AStopDuringASpin_EndsItAtOnce()
     {
         Assert.SkipUnless(OperatingSystem.IsLinux(), "io_uring");
-        Exchange exchange = await Exchange.StartAsync(TransportKind.Proactor, poolBusy: false);
-        try
-        {
-            // Arrange: a request handed off, and the dispatcher spinning for a reply that never comes (the spin is
-            // stretched to the default time-out).
-            Task spun = exchange.RunAsync(waitForSpin: true, reply: false);
-            await spun.DefaultTimeout();
-            Assert.Equal(exchange.SpinsBefore + 1, exchange.Dispatcher.HandOffSpins);
-        }
-        finally
-        {
-            // Act: the host stops meanwhile.
-            var stopping = Stopwatch.StartNew();
-            await exchange.DisposeAsync().AsTask().DefaultTimeout();
+        await using Exchange exchange = await Exchange.StartAsync(TransportKind.Proactor, poolBusy: false);
+        // Arrange: a request handed off, and the dispatcher spinning for a reply that never comes, for longer than the
+        // default time-out.
+        exchange.Dispatcher.HandOffSpinTicksForTests = (long)(2 * TestTimeouts.Default.TotalSeconds * Stopwatch.Frequency);
+        await exchange.RunAsync(wait: Wait.ForSpin, reply: false);
 
-            // Assert: well within the stretched spin.
-            Assert.True(stopping.Elapsed < TestTimeouts.Default / 3, $"the stop took {stopping.Elapsed}");
-        }
+        var closed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using CancellationTokenRegistration registration = exchange.Connection.ConnectionClosed.Register(() => closed.TrySetResult());
+
+        // Act: the dispatcher is stopped (its stop only sets a flag and writes its wake-up, which a spin does not read).
+        var stopping = Stopwatch.StartNew();
+        Task stop = exchange.Dispatcher.StopAsync();
+
+        // Assert: the spin saw the flag, and the loop went on to abort the connection.
+        await closed.Task.DefaultTimeout();
+        Assert.True(stopping.Elapsed < TestTimeouts.Default / 3, $"the connection was aborted {stopping.Elapsed} after the stop");
+        await exchange.Connection.DisposeAsync();
+        await stop.DefaultTimeout();
     }
 
     [Theory]
@@ -131,7 +137,7 @@ public sealed class HandOffSpinTests
         await using Exchange exchange = await Exchange.StartAsync(TransportKind.ProactorInline, poolBusy: false);
 
         // Act: the reader runs on the dispatcher itself, so no response is waited for on another thread.
-        await exchange.RunAsync(waitForSpin: false);
+        await exchange.RunAsync();
 
         // Assert
         Assert.Equal(0, exchange.Dispatcher.HandOffSpins);
@@ -144,10 +150,19 @@ public sealed class HandOffSpinTests
         await using Exchange exchange = await Exchange.StartAsync(TransportKind.Proactor, poolBusy: false, spinTime: TimeSpan.Zero);
 
         // Act
-        await exchange.RunAsync(waitForSpin: false);
+        await exchange.RunAsync();
 
         // Assert: the option turns it off.
         Assert.Equal(0, exchange.Dispatcher.HandOffSpins);
+    }
+
+    /// <summary>What the exchange waits for the dispatcher to do with the hand-off before it replies.</summary>
+    private enum Wait
+    {
+        None,
+        ForSpin,
+        ForSkip,
+        ForDecline,
     }
 
     /// <summary>
@@ -201,7 +216,16 @@ public sealed class HandOffSpinTests
         /// Starts the read before the request comes, so the request's receive completes it (and wakes the reader on
         /// the pool, or inline); answers it, and waits for the answer at the client.
         /// </summary>
-        public async Task RunAsync(bool waitForSpin, TimeSpan delayAfterSpin = default, bool reply = true)
+        /// <summary>A 20 ms spin, and the reply half a second after it began: a spin that ends without the response.</summary>
+        public async Task MissAsync()
+        {
+            Dispatcher.HandOffSpinTicksForTests = Stopwatch.Frequency / 50;
+            await RunAsync(wait: Wait.ForSpin, delayAfterWait: TimeSpan.FromMilliseconds(500));
+            Assert.Equal(SpinsBefore + 1, Dispatcher.HandOffSpins);
+            Dispatcher.HandOffSpinTicksForTests = (long)(TestTimeouts.Default.TotalSeconds * Stopwatch.Frequency);
+        }
+
+        public async Task RunAsync(Wait wait = Wait.None, TimeSpan delayAfterWait = default, bool reply = true)
         {
             using var timeout = new CancellationTokenSource(TestTimeouts.Default);
             PipeReader input = Connection.Transport.Input;
@@ -211,18 +235,28 @@ public sealed class HandOffSpinTests
             SpinsBefore = Dispatcher.HandOffSpins;
             CaughtBefore = Dispatcher.HandOffSpinsCaught;
             WakeupsBefore = Dispatcher.Wakeups;
+            long skippedBefore = Dispatcher.HandOffSpinsSkipped;
+            long declinedBefore = Dispatcher.HandOffSpinsDeclinedForKernelWork;
 
             await RawClient.SendAllAsync(Client, "q"u8.ToArray());
             ReadResult result = await read.AsTask().DefaultTimeout();
             Assert.Equal("q"u8.ToArray(), System.Buffers.BuffersExtensions.ToArray(result.Buffer));
             input.AdvanceTo(result.Buffer.End);
-            while (waitForSpin && Dispatcher.HandOffSpins == SpinsBefore)
+            // Before the reply, the dispatcher's choice for this hand-off is made: the flush below then cannot race it
+            // (a spin lasts the default time-out: the flush lands in it, however late the pool ran this).
+            Func<bool> decided = wait switch
             {
-                // The spin lasts the default time-out: the flush below lands in it, however late the pool ran this.
+                Wait.ForSpin => () => Dispatcher.HandOffSpins != SpinsBefore,
+                Wait.ForSkip => () => Dispatcher.HandOffSpinsSkipped != skippedBefore,
+                Wait.ForDecline => () => Dispatcher.HandOffSpinsDeclinedForKernelWork != declinedBefore,
+                _ => () => true,
+            };
+            while (!decided())
+            {
                 await Task.Delay(1, timeout.Token);
             }
 
-            await Task.Delay(delayAfterSpin, timeout.Token);
+            await Task.Delay(delayAfterWait, timeout.Token);
             if (!reply)
             {
                 return;
