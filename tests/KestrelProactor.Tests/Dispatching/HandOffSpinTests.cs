@@ -231,7 +231,7 @@ public sealed class HandOffSpinTests
             PipeReader input = Connection.Transport.Input;
             ValueTask<ReadResult> read = input.ReadAsync(timeout.Token);
             Assert.False(read.IsCompleted, "the request was read before it was sent");
-            await WaitUntilSleepingAsync(Dispatcher, timeout.Token);
+            await DispatcherHold.UntilSleepingAsync(Dispatcher, timeout.Token);
             SpinsBefore = Dispatcher.HandOffSpins;
             CaughtBefore = Dispatcher.HandOffSpinsCaught;
             WakeupsBefore = Dispatcher.Wakeups;
@@ -271,17 +271,6 @@ public sealed class HandOffSpinTests
         {
             ProactorDispatcher.TestPoolHasQueuedWork = null;
             await _harness.DisposeAsync();
-        }
-
-        private static async Task WaitUntilSleepingAsync(ProactorDispatcher dispatcher, CancellationToken cancellationToken)
-        {
-            while (!dispatcher.IsSleepingForTests)
-            {
-                await Task.Delay(5, cancellationToken);
-            }
-
-            // Asleep in the kernel, not only about to be: the flag is set just before the enter.
-            await Task.Delay(20, cancellationToken);
         }
     }
 }

@@ -60,7 +60,7 @@ public sealed class PoolWakeupTests
         await RawClient.SendAllAsync(clientB, "b"u8.ToArray());
         Assert.Equal("A"u8.ToArray(), await RawClient.ReceiveExactlyAsync(clientA, 1).DefaultTimeout());
         await ServerPipes.ReadExactlyAsync(b.Transport.Input, 1);
-        await WaitUntilSleepingAsync(dispatcher);
+        await DispatcherHold.UntilSleepingAsync(dispatcher);
 
         // Assert: the owed item, run late, finds the debt dropped and sends no wake-up to the sleeping dispatcher.
         Assert.True(owed.TryDequeue(out Action? pay));
@@ -86,7 +86,7 @@ public sealed class PoolWakeupTests
         long owedBefore = dispatcher.WakeupsOwed;
         for (int i = 0; i < 20; i++)
         {
-            await WaitUntilSleepingAsync(dispatcher);
+            await DispatcherHold.UntilSleepingAsync(dispatcher);
             await Task.Run(() => connection.Transport.Output.WriteAsync(new[] { (byte)i }).AsTask()).DefaultTimeout();
             Assert.Equal(new[] { (byte)i }, await RawClient.ReceiveExactlyAsync(client, 1).DefaultTimeout());
         }
@@ -105,7 +105,7 @@ public sealed class PoolWakeupTests
         using var owed = new HeldWakeups(dispatcher);
         // Act: a thread of the application's own flushes while the pool counts as busy: no pool work item is
         // queued behind its work, so nothing could ride on an owed wake-up.
-        await WaitUntilSleepingAsync(dispatcher);
+        await DispatcherHold.UntilSleepingAsync(dispatcher);
         var flushed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var thread = new Thread(() =>
         {
@@ -137,7 +137,7 @@ public sealed class PoolWakeupTests
         using var owed = new HeldWakeups(dispatcher);
         // Act: an application that offloads its work flushes from a pool thread, the pool counting as busy. In
         // inline mode the output's reader is the plain dispatcher: nothing may wait for a pool work item.
-        await WaitUntilSleepingAsync(dispatcher);
+        await DispatcherHold.UntilSleepingAsync(dispatcher);
         await Task.Run(() => connection.Transport.Output.WriteAsync("I"u8.ToArray()).AsTask()).DefaultTimeout();
 
         // Assert
@@ -176,7 +176,7 @@ public sealed class PoolWakeupTests
                 (two.ClientB, two.B) = await two._harness.ConnectAndAcceptAsync();
                 two.Dispatcher = ((ProactorConnection)two.A).Dispatcher;
                 two.Owed = new HeldWakeups(two.Dispatcher);
-                await WaitUntilSleepingAsync(two.Dispatcher);
+                await DispatcherHold.UntilSleepingAsync(two.Dispatcher);
                 two.WakeupsBefore = two.Dispatcher.Wakeups;
                 return two;
             }
@@ -235,17 +235,5 @@ public sealed class PoolWakeupTests
                 pay();
             }
         }
-    }
-
-    private static async Task WaitUntilSleepingAsync(ProactorDispatcher dispatcher)
-    {
-        using var timeout = new CancellationTokenSource(TestTimeouts.Default);
-        while (!dispatcher.IsSleepingForTests)
-        {
-            await Task.Delay(5, timeout.Token);
-        }
-
-        // Asleep in the kernel, not only about to be: the flag is set just before the enter.
-        await Task.Delay(20, timeout.Token);
     }
 }

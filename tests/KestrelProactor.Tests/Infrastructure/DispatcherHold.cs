@@ -31,6 +31,20 @@ internal sealed class DispatcherHold : IDisposable
         return hold;
     }
 
+    /// <summary>Returns once the dispatcher blocks in the kernel (its loop counts itself asleep, and a moment more).</summary>
+    public static async Task UntilSleepingAsync(ProactorDispatcher dispatcher, CancellationToken cancellationToken = default)
+    {
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        timeout.CancelAfter(TestTimeouts.Default);
+        while (!dispatcher.IsSleepingForTests)
+        {
+            await Task.Delay(5, timeout.Token);
+        }
+
+        // Asleep in the kernel, not only about to be: the flag is set just before the enter.
+        await Task.Delay(20, timeout.Token);
+    }
+
     /// <summary>Lets the dispatcher go on (idempotent).</summary>
     public void Release() => _release.Set();
 
