@@ -128,9 +128,9 @@ internal abstract partial class ProactorDispatcher
     /// Before the dispatcher sleeps (see <see cref="ProactorTransportOptions.HandOffSpinTime"/>): after a pass that
     /// handed exactly one request to the pool, and with nothing else queued there, polls the work queue for the
     /// response's flush for up to the spin time. The loop stays counted as awake meanwhile, so that flush queues its
-    /// output read without a wake-up, and the next pass sends it. Kernel completions are not looked for meanwhile (with
-    /// deferred task work only an enter posts them): the spin is what they may wait, at most. A spin that ends without
-    /// the response makes the next ones back off.
+    /// output read without a wake-up, and the next pass sends it. It does not start while kernel work waits for the next
+    /// enter, and ends when some arrives (<see cref="HasKernelWorkPending"/>), at a stop, or at a deferred output read's
+    /// due time. A whole spin that ends without the response makes the next ones back off.
     /// </summary>
     private void SpinAfterHandOff()
     {

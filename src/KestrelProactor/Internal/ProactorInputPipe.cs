@@ -149,6 +149,20 @@ internal sealed partial class ProactorInputPipe : PipeReader, IValueTaskSource<R
         return AppendCopy(data);
     }
 
+    /// <summary>
+    /// Outside the lock: completes the read taken by <c>TryTakePendingRead</c> (with inline scheduling the application's
+    /// continuation runs right here). A continuation sent to the pool lets the dispatcher look for the response
+    /// (<see cref="ProactorTransportOptions.HandOffSpinTime"/>).
+    /// </summary>
+    private void CompletePendingRead()
+    {
+        _readSource.SetResult(true);
+        if (_readSource.RunContinuationsAsynchronously)
+        {
+            (_dispatcher as ProactorDispatcher)?.NoteReaderWoken();
+        }
+    }
+
     /// <summary>Dispatcher: hands the application <paramref name="length"/> bytes of lent buffer <paramref name="bufferId"/>, without a copy.</summary>
     public AppendResult Append(int bufferId, int length)
     {
@@ -179,12 +193,7 @@ internal sealed partial class ProactorInputPipe : PipeReader, IValueTaskSource<R
         // Outside the lock: with inline scheduling the application's continuation runs right here.
         if (complete)
         {
-            _readSource.SetResult(true);
-            if (_readSource.RunContinuationsAsynchronously)
-            {
-                // The reader's continuation went to the pool: its dispatcher may look for the response (HandOffSpinTime).
-                (_dispatcher as ProactorDispatcher)?.NoteReaderWoken();
-            }
+            CompletePendingRead();
         }
 
         return result;
@@ -242,12 +251,7 @@ internal sealed partial class ProactorInputPipe : PipeReader, IValueTaskSource<R
 
         if (complete)
         {
-            _readSource.SetResult(true);
-            if (_readSource.RunContinuationsAsynchronously)
-            {
-                // The reader's continuation went to the pool: its dispatcher may look for the response (HandOffSpinTime).
-                (_dispatcher as ProactorDispatcher)?.NoteReaderWoken();
-            }
+            CompletePendingRead();
         }
 
         return result;
@@ -273,12 +277,7 @@ internal sealed partial class ProactorInputPipe : PipeReader, IValueTaskSource<R
 
         if (complete)
         {
-            _readSource.SetResult(true);
-            if (_readSource.RunContinuationsAsynchronously)
-            {
-                // The reader's continuation went to the pool: its dispatcher may look for the response (HandOffSpinTime).
-                (_dispatcher as ProactorDispatcher)?.NoteReaderWoken();
-            }
+            CompletePendingRead();
         }
     }
 
