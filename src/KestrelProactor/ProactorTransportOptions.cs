@@ -22,8 +22,26 @@ public sealed class ProactorTransportOptions
     /// <summary>
     /// The number of dispatchers: each owns one io_uring ring (or completion port) and one named thread.
     /// </summary>
-    /// <remarks>Defaults to <see cref="Environment.ProcessorCount"/>. Allowed: 1 to 256.</remarks>
-    public int DispatcherCount { get; set; } = Environment.ProcessorCount;
+    /// <remarks>
+    /// Allowed: 1 to 256. Unless set, one per two processors (at least one) in the default thread-pool mode, where
+    /// the dispatchers only move bytes and the pool's threads run the application, so the pool keeps cores of its
+    /// own; one per processor with <see cref="UnsafePreferInlineScheduling"/>, where the application runs on the
+    /// dispatchers.
+    /// </remarks>
+    public int DispatcherCount
+    {
+        get => _dispatcherCount ?? DefaultDispatcherCount(Environment.ProcessorCount, UnsafePreferInlineScheduling);
+        set => _dispatcherCount = value;
+    }
+
+    private int? _dispatcherCount;
+
+    /// <summary>
+    /// The dispatcher count used when <see cref="DispatcherCount"/> is not set: <paramref name="processorCount"/>
+    /// with inline scheduling, half of it (at least one) otherwise.
+    /// </summary>
+    internal static int DefaultDispatcherCount(int processorCount, bool inlineScheduling)
+        => inlineScheduling ? Math.Max(1, processorCount) : Math.Max(1, processorCount / 2);
 
     /// <summary>
     /// Submission queue entries per ring; the completion queue is sized from it and from <see cref="CompletionQueueSize"/>.

@@ -91,6 +91,53 @@ public sealed class ConfigurationBindingTests
         Assert.Equal(OperatingSystem.IsLinux() ? "io_uring" : "sockets", backend);
     }
 
+    /// <summary>
+    /// Unset, the dispatcher count follows the scheduling mode: one per two processors in the thread-pool mode (the
+    /// pool's threads run the application and need cores of their own), one per processor inline. A value from
+    /// configuration or code wins either way. Checked on the running backend, not only on the options object.
+    /// </summary>
+    [Theory]
+    [InlineData(null, null)]
+    [InlineData("true", null)]
+    [InlineData(null, "3")]
+    [InlineData("true", "3")]
+    public async Task DispatcherCount_Unset_FollowsSchedulingMode_SetWins(string? inline, string? count)
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux() || OperatingSystem.IsWindows(), "a native backend");
+        var args = new List<string> { "--Kestrel:Proactor:AllowSocketTransportFallback=false" };
+        if (inline is not null)
+        {
+            args.Add($"--Kestrel:Proactor:UnsafePreferInlineScheduling={inline}");
+        }
+
+        if (count is not null)
+        {
+            args.Add($"--Kestrel:Proactor:DispatcherCount={count}");
+        }
+
+        WebApplicationBuilder builder = CreateBuilder([.. args]);
+        builder.WebHost.UseProactorTransport(builder.Configuration.GetSection(ProactorTransportOptions.ConfigurationSectionName));
+        await using WebApplication app = builder.Build();
+        await app.StartAsync().DefaultTimeout();
+        int running = app.Services.GetServices<IConnectionListenerFactory>().OfType<ProactorTransportFactory>().Single().Backend!.Dispatchers.Length;
+        await app.StopAsync().DefaultTimeout();
+
+        int processors = Environment.ProcessorCount;
+        int expected = count is not null ? int.Parse(count) : inline is not null ? processors : Math.Max(1, processors / 2);
+        Assert.Equal(expected, running);
+    }
+
+    [Theory]
+    [InlineData(1, false, 1)]
+    [InlineData(2, false, 1)]
+    [InlineData(3, false, 1)]
+    [InlineData(16, false, 8)]
+    [InlineData(1, true, 1)]
+    [InlineData(2, true, 2)]
+    [InlineData(16, true, 16)]
+    public void DefaultDispatcherCount_HalfTheProcessorsUnlessInline(int processors, bool inline, int expected)
+        => Assert.Equal(expected, ProactorTransportOptions.DefaultDispatcherCount(processors, inline));
+
     [Theory]
     [InlineData("DispatcherCount", "300", "ProactorTransportOptions.DispatcherCount is 300; allowed: 1 to 256.")]
     [InlineData("SubmissionQueueSize", "3", "ProactorTransportOptions.SubmissionQueueSize is 3; allowed: a power of two from 4 to 32768.")]
