@@ -161,17 +161,32 @@ public sealed class ProactorTransportFactory : IConnectionListenerFactory, IConn
                 ? registered.OfType<SocketTransportFactory>().FirstOrDefault()
                 : null;
             return _socketFactory ??= new SocketTransportFactory(
-                Microsoft.Extensions.Options.Options.Create(new SocketTransportOptions
-                {
-                    Backlog = _options.Backlog,
-                    NoDelay = _options.NoDelay,
-                    MaxReadBufferSize = _options.MaxReadBufferSize,
-                    MaxWriteBufferSize = _options.MaxWriteBufferSize,
-                    UnsafePreferInlineScheduling = _options.UnsafePreferInlineScheduling,
-                    IOQueueCount = Math.Min(_options.DispatcherCount, 16),
-                }),
+                Microsoft.Extensions.Options.Options.Create(CreateFallbackSocketOptions(_options)),
                 _loggerFactory);
         }
+    }
+
+    /// <summary>
+    /// The socket transport's options for a fallback without a host-registered one: the proactor's counterparts,
+    /// and its I/O queues from a dispatcher count only when one was set (unset, the socket transport's own default,
+    /// not the proactor's, which is half the processors in the thread-pool mode).
+    /// </summary>
+    internal static SocketTransportOptions CreateFallbackSocketOptions(ProactorTransportOptions options)
+    {
+        var socketOptions = new SocketTransportOptions
+        {
+            Backlog = options.Backlog,
+            NoDelay = options.NoDelay,
+            MaxReadBufferSize = options.MaxReadBufferSize,
+            MaxWriteBufferSize = options.MaxWriteBufferSize,
+            UnsafePreferInlineScheduling = options.UnsafePreferInlineScheduling,
+        };
+        if (options.DispatcherCountIsSet)
+        {
+            socketOptions.IOQueueCount = Math.Min(options.DispatcherCount, 16);
+        }
+
+        return socketOptions;
     }
 
     /// <summary>Stops the dispatchers after every listener and connection of this factory is gone.</summary>

@@ -36,6 +36,9 @@ public sealed class ProactorTransportOptions
 
     private int? _dispatcherCount;
 
+    /// <summary>Whether <see cref="DispatcherCount"/> was set, rather than following the scheduling mode.</summary>
+    internal bool DispatcherCountIsSet => _dispatcherCount is not null;
+
     /// <summary>
     /// The dispatcher count used when <see cref="DispatcherCount"/> is not set: <paramref name="processorCount"/>
     /// with inline scheduling, half of it (at least one) otherwise.

@@ -127,6 +127,22 @@ public sealed class ConfigurationBindingTests
         Assert.Equal(expected, running);
     }
 
+    [Fact]
+    public void FallbackSocketOptions_IOQueues_FromASetDispatcherCountOnly()
+    {
+        int socketDefault = new SocketTransportOptions().IOQueueCount;
+        Assert.Equal(socketDefault, ProactorTransportFactory.CreateFallbackSocketOptions(new ProactorTransportOptions()).IOQueueCount);
+        Assert.Equal(socketDefault, ProactorTransportFactory.CreateFallbackSocketOptions(new ProactorTransportOptions { UnsafePreferInlineScheduling = true }).IOQueueCount);
+        Assert.Equal(3, ProactorTransportFactory.CreateFallbackSocketOptions(new ProactorTransportOptions { DispatcherCount = 3 }).IOQueueCount);
+        Assert.Equal(16, ProactorTransportFactory.CreateFallbackSocketOptions(new ProactorTransportOptions { DispatcherCount = 40 }).IOQueueCount);
+        var options = ProactorTransportFactory.CreateFallbackSocketOptions(new ProactorTransportOptions { NoDelay = false, Backlog = 77, MaxReadBufferSize = 1234, MaxWriteBufferSize = null, UnsafePreferInlineScheduling = true });
+        Assert.False(options.NoDelay);
+        Assert.Equal(77, options.Backlog);
+        Assert.Equal(1234, options.MaxReadBufferSize);
+        Assert.Null(options.MaxWriteBufferSize);
+        Assert.True(options.UnsafePreferInlineScheduling);
+    }
+
     [Theory]
     [InlineData(1, false, 1)]
     [InlineData(2, false, 1)]
