@@ -35,14 +35,8 @@ internal static class ContractTransports
         }
 
         ProactorTransportOptions shared = TransportFactories.CreateOptions(kind, configure);
-        var socketOptions = new SocketTransportOptions
-        {
-            Backlog = shared.Backlog,
-            NoDelay = shared.NoDelay,
-            MaxReadBufferSize = shared.MaxReadBufferSize,
-            MaxWriteBufferSize = shared.MaxWriteBufferSize,
-            UnsafePreferInlineScheduling = shared.UnsafePreferInlineScheduling,
-        };
+        // The same mapping as the proactor's fallback to the socket transport.
+        SocketTransportOptions socketOptions = ProactorTransportFactory.CreateFallbackSocketOptions(shared);
         if (memoryPool is not null)
         {
             SetSocketTransportMemoryPool(socketOptions, memoryPool);
